@@ -1,0 +1,1 @@
+"""ccd-ray: annotation-free multi-label labeling with Classifier-guided CLIP Distillation on Ray."""

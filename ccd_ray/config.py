@@ -1,0 +1,336 @@
+"""One typed, validated config for the method and the job, built from YAML plus `--set key=value`."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key, type or value is wrong; the message names the key and what is allowed."""
+
+
+def _knob(default: Any = dataclasses.MISSING, *, choices: tuple | None = None,
+          low: float | None = None, high: float | None = None, factory: Any = None,
+          help: str = "") -> Any:
+    """A dataclass field carrying its allowed values, so validation lives next to the default."""
+    metadata = {"choices": choices, "low": low, "high": high, "help": help}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class ClassesConfig:
+    names: list[str] = _knob(factory=list, help="class names, in output order")
+    prompt_templates: list[str] = _knob(
+        factory=lambda: ["a photo of the {}."],
+        help="prompts with one '{}' for the class name; embeddings are averaged per class")
+
+
+@dataclass
+class TeacherConfig:
+    model: str = _knob("ccd-tiny-vit", help="open_clip model name, or 'local-dir:/path' holding "
+                       "open_clip_config.json and weights")
+    pretrained: str | None = _knob(None, help="open_clip pretrained tag (online) or a checkpoint "
+                                   "file; none = random weights (tests only)")
+    image_size: int | None = _knob(None, low=16, high=2048,
+                                   help="teacher input side; none = the model's own")
+    logit_scale: float = _knob(100.0, low=0.0, high=1000.0,
+                               help="softmax temperature on cosine similarities")
+    batch_size: int = _knob(64, low=1, high=65536, help="views per teacher forward pass")
+
+
+@dataclass
+class InitialLabelsConfig:
+    """Phase 1: the global view plus random crops, aggregated."""
+    random_crops: int = _knob(10, low=0, high=256, help="random crops besides the global view "
+                              "(0 = global only, as the authors' code)")
+    crop_scale: tuple[float, float] = _knob((0.1, 0.5), low=0.0, high=1.0,
+                                            help="area fraction range of a random crop")
+    entropy_threshold: float = _knob(2.0, low=0.0, high=100.0,
+                                     help="images whose score entropy exceeds it are 'uncertain'")
+    uncertain_weight: float = _knob(1.0, low=0.0, high=1.0,
+                                    help="BCE weight of uncertain images (1 = no effect)")
+
+
+@dataclass
+class LabelsConfig:
+    aggregation: str = _knob("max", choices=("max", "mean"), help="how view scores are pooled")
+    alpha: float = _knob(0.4, low=0.0, high=1.0, help="weight of the previous label in the fusion")
+    gamma: float = _knob(1.0, low=0.0, high=10.0, help="debias strength (0 = no debiasing)")
+    bias_statistic: str = _knob("count", choices=("count", "top1_mean"),
+                                help="'count': positives per class (paper); 'top1_mean': mean "
+                                "top-1 score per class over confident images (authors' code)")
+    threshold: float = _knob(0.5, low=0.0, high=1.0, help="score above which a label is output")
+    smoothing_floor: float = _knob(0.0, low=0.0, high=0.5,
+                                   help="raise soft targets below it to it (authors: 1/20)")
+
+
+@dataclass
+class RelabelConfig:
+    """Phase 2: classifier CAMs pick classes and boxes, the teacher scores box-guided views."""
+    rounds: int = _knob(1, low=0, high=100, help="classifier-guided relabel rounds")
+    class_selection: str = _knob("threshold", choices=("threshold", "avg_count"),
+                                 help="'threshold' on the classifier's sigmoid, or the authors' "
+                                 "search for a threshold giving avg_count..avg_count+2 per image")
+    selection_threshold: float = _knob(0.5, low=0.0, high=1.0)
+    avg_count: int = _knob(4, low=1, high=1000)
+    cam_threshold: float = _knob(0.5, low=0.0, high=1.0,
+                                 help="fraction of the min-max normalised CAM kept as the region")
+    box_mode: str = _knob("largest_component", choices=("largest_component", "first_last"),
+                          help="true box of the largest region, or the authors' first/last pixel")
+    box_offset: float = _knob(0.125, low=0.0, high=1.0,
+                              help="box widening per side, as a fraction of the image's long side")
+    views_per_box: int = _knob(10, low=1, high=256, help="jittered views per box (authors: 1)")
+    box_jitter: float = _knob(0.1, low=0.0, high=1.0,
+                              help="max shift/scale of a view, as a fraction of the box side")
+    cam_resolution: int = _knob(56, low=4, high=1024,
+                                help="side of the grid CAMs are upsampled to before boxing")
+
+
+@dataclass
+class TrainConfig:
+    backbone: str = _knob("resnet18", choices=("resnet18", "resnet50", "resnet101"))
+    backbone_weights: str | None = _knob(None, help="none, 'imagenet' (torchvision, online) "
+                                         "or a local state-dict file")
+    image_size: int = _knob(224, low=16, high=2048)
+    epochs: int = _knob(10, low=1, high=1000, help="total epochs over all rounds")
+    warmup_epochs: int = _knob(2, low=0, high=1000, help="epochs before the first relabel; "
+                               "the consistency loss is off until then")
+    beta: float = _knob(1.0, low=0.0, high=100.0, help="consistency loss weight")
+    lr: float = _knob(1e-4, low=0.0, high=10.0, help="backbone learning rate (Adam)")
+    head_lr_mult: float = _knob(10.0, low=0.0, high=1e4)
+    weight_decay: float = _knob(0.0, low=0.0, high=1.0)
+    batch_size: int = _knob(16, low=1, high=65536, help="per worker")
+    holdout_fraction: float = _knob(0.2, low=0.0, high=0.9,
+                                    help="images held out of training for evaluation")
+
+
+@dataclass
+class DataConfig:
+    corpus_uri: str = _knob("", help="Parquet/WebDataset shards or an image folder (local or s3://)")
+    output_uri: str = _knob("outputs", help="where runs are written (local or s3://)")
+    s3_endpoint: str | None = _knob(None, help="endpoint of an S3-compatible store")
+    s3_region: str = _knob("us-east-1")
+    max_error_fraction: float = _knob(0.05, low=0.0, high=1.0,
+                                      help="stop when more images than this fraction are bad")
+    max_image_pixels: int = _knob(50_000_000, low=1, high=10**10,
+                                  help="larger images are rejected as decompression bombs")
+
+
+@dataclass
+class ComputeConfig:
+    clip_actors: int = _knob(1, low=1, high=10000)
+    cam_actors: int = _knob(1, low=1, high=10000)
+    gpus_per_actor: float = _knob(0.0, low=0.0, high=8.0, help="fractional GPUs are fine")
+    cpus_per_actor: float = _knob(1.0, low=0.0, high=256.0)
+    images_per_batch: int = _knob(16, low=1, high=65536, help="images per actor batch")
+    train_workers: int = _knob(1, low=1, high=10000)
+    use_gpu: bool = _knob(False)
+    device: str = _knob("auto", choices=("auto", "cpu", "cuda"))
+
+
+@dataclass
+class CCDConfig:
+    run_id: str = _knob("default", help="names the run; rerunning the same id resumes it")
+    seed: int = _knob(0, low=0, high=2**31 - 1)
+    classes: ClassesConfig = field(default_factory=ClassesConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    initial: InitialLabelsConfig = field(default_factory=InitialLabelsConfig)
+    labels: LabelsConfig = field(default_factory=LabelsConfig)
+    relabel: RelabelConfig = field(default_factory=RelabelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _allowed(f: dataclasses.Field) -> str:
+    meta = f.metadata
+    if meta.get("choices"):
+        return "one of " + ", ".join(map(str, meta["choices"]))
+    if meta.get("low") is not None:
+        return f"a value in [{meta['low']}, {meta['high']}]"
+    return "a value of type " + str(f.type)
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Return value as the annotated type, or raise ConfigError naming the key."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args)))
+    raise ConfigError(f"{key}: unsupported type {annotation}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"section '{prefix[:-1]}'" if prefix else "the top level"
+        raise ConfigError(f"unknown key '{prefix}{unknown[0]}' in {where}; allowed keys: "
+                          + ", ".join(sorted(fields)))
+    kwargs = {}
+    for name, value in data.items():
+        key = prefix + name
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
+            kwargs[name] = _build(annotation, value, key + ".")
+        else:
+            kwargs[name] = _coerce(key, value, annotation)
+    return cls(**kwargs)
+
+
+def _check_ranges(obj: Any, prefix: str = "") -> None:
+    for f in dataclasses.fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_ranges(value, key + ".")
+            continue
+        meta = f.metadata
+        values = value if isinstance(value, tuple) else (value,)
+        for v in values:
+            if v is None:
+                continue
+            if meta.get("choices") and v not in meta["choices"]:
+                raise ConfigError(f"{key}: {v!r} is not allowed; expected {_allowed(f)}")
+            if meta.get("low") is not None and not (meta["low"] <= v <= meta["high"]):
+                raise ConfigError(f"{key}: {v!r} is out of range; expected {_allowed(f)}")
+
+
+def validate(cfg: CCDConfig) -> CCDConfig:
+    """Check ranges, choices and the constraints between keys; return cfg unchanged."""
+    _check_ranges(cfg)
+    names = cfg.classes.names
+    if not names:
+        raise ConfigError("classes.names: at least one class name is required")
+    if len(set(names)) != len(names):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        raise ConfigError(f"classes.names: duplicate class names {dup}")
+    if any(not n.strip() for n in names):
+        raise ConfigError("classes.names: class names must be non-empty")
+    if not cfg.classes.prompt_templates:
+        raise ConfigError("classes.prompt_templates: at least one template is required")
+    for template in cfg.classes.prompt_templates:
+        if template.count("{}") != 1:
+            raise ConfigError(f"classes.prompt_templates: {template!r} must contain '{{}}' "
+                              "exactly once")
+    low, high = cfg.initial.crop_scale
+    if not 0.0 < low <= high <= 1.0:
+        raise ConfigError(f"initial.crop_scale: expected 0 < low <= high <= 1, got {(low, high)}")
+    if cfg.train.warmup_epochs > cfg.train.epochs:
+        raise ConfigError(f"train.warmup_epochs ({cfg.train.warmup_epochs}) must not exceed "
+                          f"train.epochs ({cfg.train.epochs})")
+    if cfg.relabel.rounds > 0 and cfg.train.warmup_epochs == 0:
+        raise ConfigError("train.warmup_epochs: relabel rounds need a warmed-up classifier; "
+                          "set it to at least 1 or set relabel.rounds=0")
+    if not cfg.run_id or any(c in cfg.run_id for c in "/\\ ") or cfg.run_id.startswith("."):
+        raise ConfigError(f"run_id: {cfg.run_id!r} must be a non-empty name without '/', '\\', "
+                          "spaces or a leading '.'")
+    return cfg
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. labels.alpha=0.4")
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _merge(base: dict[str, Any], path: list[str], value: Any) -> None:
+    node = base
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"{'.'.join(path)}: '{part}' is not a section")
+        node = child
+    node[path[-1]] = value
+
+
+def _deep_update(target: dict[str, Any], source: dict[str, Any]) -> None:
+    for key, value in source.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = dict(value) if isinstance(value, dict) else value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
+                base: dict[str, Any] | None = None) -> CCDConfig:
+    """Build the config: defaults <- base dict <- YAML file <- `key=value` overrides."""
+    data: dict[str, Any] = {}
+    _deep_update(data, base or {})
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping at the top level")
+        _deep_update(data, loaded or {})
+    for item in overrides:
+        keys, value = _parse_override(item)
+        _merge(data, keys, value)
+    return validate(_build(CCDConfig, data, ""))
+
+
+def config_reference() -> str:
+    """Markdown table of every key, its default and what is allowed (for the README)."""
+    rows = ["| key | default | allowed | meaning |", "| --- | --- | --- | --- |"]
+
+    def walk(cls: type, prefix: str) -> None:
+        hints = typing.get_type_hints(cls)
+        instance = cls()
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(hints[f.name]):
+                walk(hints[f.name], prefix + f.name + ".")
+                continue
+            meta = f.metadata
+            allowed = ("/".join(map(str, meta["choices"])) if meta.get("choices") else
+                       f"[{meta['low']}, {meta['high']}]" if meta.get("low") is not None else "")
+            rows.append(f"| `{prefix}{f.name}` | `{getattr(instance, f.name)!r}` | {allowed} | "
+                        f"{meta.get('help', '')} |")
+
+    walk(CCDConfig, "")
+    return "\n".join(rows)

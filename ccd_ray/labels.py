@@ -1,0 +1,119 @@
+"""Label math: pool view scores, measure and remove the teacher's class bias, fuse rounds.
+
+All functions take and return float tensors of class scores in [0, 1] (rows: images, columns:
+classes in the config's order). The bias statistic is computed from sums, so shards can be
+reduced independently and merged (`bias_partials` -> `merge_bias_partials` -> `bias_vector`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+EPS = 1e-8
+
+
+def aggregate_views(view_scores: torch.Tensor, how: str) -> torch.Tensor:
+    """V x C scores of one image's views -> C (max keeps a class any view sees; mean averages)."""
+    if view_scores.ndim != 2 or view_scores.shape[0] == 0:
+        raise ValueError(f"expected a non-empty V x C tensor, got {tuple(view_scores.shape)}")
+    if how == "max":
+        return view_scores.max(dim=0).values
+    if how == "mean":
+        return view_scores.mean(dim=0)
+    raise ValueError(f"aggregation {how!r}: expected 'max' or 'mean'")
+
+
+def aggregate_by_image(view_scores: torch.Tensor, views_per_image: list[int], how: str
+                       ) -> torch.Tensor:
+    """Scores of many images' views, concatenated in order -> N x C, one row per image."""
+    if sum(views_per_image) != view_scores.shape[0]:
+        raise ValueError(f"{sum(views_per_image)} views expected, got {view_scores.shape[0]}")
+    return torch.stack([aggregate_views(part, how)
+                        for part in torch.split(view_scores, views_per_image)])
+
+
+def entropy(scores: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy (nats) of each row, read as a distribution over classes."""
+    p = scores / scores.sum(dim=1, keepdim=True).clamp_min(EPS)
+    return -(p * p.clamp_min(EPS).log()).sum(dim=1)
+
+
+def bias_partials(scores: torch.Tensor, threshold: float, entropy_threshold: float
+                  ) -> dict[str, torch.Tensor]:
+    """Sums over a shard from which either bias statistic follows:
+    positives[c]: images scoring class c at or above threshold (the paper's n_c);
+    top1_sum[c] / top1_count[c]: top-1 scores of the confident images (entropy at most
+    entropy_threshold) whose top-1 class is c (the authors' statistic)."""
+    num_classes = scores.shape[1]
+    confident = entropy(scores) <= entropy_threshold
+    top_score, top_class = scores.max(dim=1)
+    top_class, top_score = top_class[confident], top_score[confident].double()
+    return {
+        "positives": (scores >= threshold).sum(dim=0).double(),
+        "top1_sum": torch.zeros(num_classes, dtype=torch.float64).index_add_(0, top_class,
+                                                                             top_score),
+        "top1_count": torch.bincount(top_class, minlength=num_classes).double(),
+        "images": torch.tensor(float(scores.shape[0]), dtype=torch.float64),
+    }
+
+
+def merge_bias_partials(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    if not parts:
+        raise ValueError("no bias partials to merge")
+    return {key: sum(p[key] for p in parts) for key in parts[0]}
+
+
+def bias_vector(partials: dict[str, torch.Tensor], statistic: str) -> torch.Tensor:
+    """Per-class bias b_c > 0, scaled so that a class of typical bias has b_c = 1.
+
+    count:     b_c = n_c / mean_c(n_c), n_c floored at 1 (a class nobody predicts is not
+               divided by zero; it is the rarest possible, so it is boosted most).
+    top1_mean: b_c = mean top-1 score of the images whose top-1 class is c; a class that is
+               never top-1 gets the mean of the others (no evidence either way)."""
+    if statistic == "count":
+        counts = partials["positives"].clamp_min(1.0)
+        return (counts / counts.mean()).float()
+    if statistic == "top1_mean":
+        count = partials["top1_count"]
+        seen = count > 0
+        if not bool(seen.any()):
+            return torch.ones_like(count, dtype=torch.float32)
+        mean = torch.where(seen, partials["top1_sum"] / count.clamp_min(1.0), torch.zeros_like(count))
+        mean[~seen] = mean[seen].mean()
+        return mean.clamp_min(EPS).float()
+    raise ValueError(f"bias statistic {statistic!r}: expected 'count' or 'top1_mean'")
+
+
+def debias(scores: torch.Tensor, bias: torch.Tensor, gamma: float) -> torch.Tensor:
+    """p_c / b_c^gamma, clamped to [0, 1]; gamma = 0 is the identity."""
+    if gamma == 0:
+        return scores.clone()
+    return (scores / bias.clamp_min(EPS).pow(gamma)).clamp(0.0, 1.0)
+
+
+def fuse(previous: torch.Tensor, local: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha * previous + (1 - alpha) * local: alpha = 1 keeps the previous label."""
+    return (alpha * previous + (1.0 - alpha) * local).clamp(0.0, 1.0)
+
+
+def smoothing_floor(scores: torch.Tensor, floor: float) -> torch.Tensor:
+    """Raise soft targets below floor to it (0 disables), as the authors' label smoothing."""
+    return scores.clamp_min(floor) if floor > 0 else scores
+
+
+def sample_weights(initial_scores: torch.Tensor, entropy_threshold: float,
+                   uncertain_weight: float) -> torch.Tensor:
+    """Per-image BCE weight: uncertain_weight where the initial scores' entropy is high, else 1."""
+    uncertain = entropy(initial_scores) > entropy_threshold
+    return torch.where(uncertain, torch.full_like(uncertain, uncertain_weight, dtype=torch.float32),
+                       torch.ones_like(uncertain, dtype=torch.float32))
+
+
+def binarize(scores: torch.Tensor, threshold: float) -> torch.Tensor:
+    """Bool labels: score at or above threshold."""
+    return scores >= threshold
+
+
+def label_names(scores: torch.Tensor, class_names: list[str], threshold: float) -> list[list[str]]:
+    return [[class_names[c] for c in torch.nonzero(row).flatten().tolist()]
+            for row in binarize(scores, threshold)]

@@ -1,0 +1,67 @@
+"""Multi-label metrics: average precision per class, mAP, and CF1/OF1 at a threshold.
+
+A class with no positive image has no defined AP (recall is 0/0): its AP is NaN and mAP is
+the mean over the classes that have positives. The authors' code scores such a class 0;
+`mean_average_precision(..., empty_class="zero")` reproduces that.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
+    """AP of one class: sum over distinct score thresholds of (recall step) x precision,
+    with tied scores entering together (the step-wise definition sklearn also uses)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    targets = np.asarray(targets).astype(bool)
+    positives = targets.sum()
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="mergesort")
+    scores, targets = scores[order], targets[order]
+    true_pos = np.cumsum(targets)
+    # the last index of each run of tied scores is where a threshold takes effect
+    run_ends = np.r_[np.flatnonzero(np.diff(scores)), len(scores) - 1]
+    tp = true_pos[run_ends]
+    precision = tp / (run_ends + 1)
+    recall_step = np.diff(np.r_[0, tp]) / positives
+    return float(np.sum(recall_step * precision))
+
+
+def per_class_ap(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """N x C scores and 0/1 targets -> C APs (NaN for classes without positives)."""
+    scores, targets = np.asarray(scores), np.asarray(targets)
+    return np.array([average_precision(scores[:, c], targets[:, c])
+                     for c in range(scores.shape[1])])
+
+
+def mean_average_precision(scores: np.ndarray, targets: np.ndarray,
+                           empty_class: str = "exclude") -> float:
+    """mAP over classes; classes without positives are excluded, or scored 0 ('zero')."""
+    aps = per_class_ap(scores, targets)
+    if empty_class == "zero":
+        return float(np.nan_to_num(aps, nan=0.0).mean())
+    if empty_class != "exclude":
+        raise ValueError(f"empty_class {empty_class!r}: expected 'exclude' or 'zero'")
+    return float(np.nanmean(aps)) if np.isfinite(aps).any() else float("nan")
+
+
+def f1_scores(scores: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
+    """Per-class (C*) and overall (O*) precision, recall and F1 of predictions >= threshold.
+    A class with no predictions has precision 0; with no positives, recall 0."""
+    predicted = np.asarray(scores) >= threshold
+    truth = np.asarray(targets).astype(bool)
+    tp = (predicted & truth).sum(axis=0).astype(np.float64)
+    n_pred, n_true = predicted.sum(axis=0), truth.sum(axis=0)
+    class_p = np.divide(tp, n_pred, out=np.zeros_like(tp), where=n_pred > 0)
+    class_r = np.divide(tp, n_true, out=np.zeros_like(tp), where=n_true > 0)
+    cp, cr = class_p.mean(), class_r.mean()
+    op = tp.sum() / n_pred.sum() if n_pred.sum() else 0.0
+    orc = tp.sum() / n_true.sum() if n_true.sum() else 0.0
+
+    def f1(p: float, r: float) -> float:
+        return float(2 * p * r / (p + r)) if p + r > 0 else 0.0
+
+    return {"CP": float(cp), "CR": float(cr), "CF1": f1(cp, cr),
+            "OP": float(op), "OR": float(orc), "OF1": f1(op, orc)}

@@ -1,0 +1,1 @@
+"""SynthScenes: a procedural multi-label world that needs no download."""

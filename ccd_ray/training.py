@@ -1,0 +1,60 @@
+"""One training step of the CAM classifier: soft-target BCE plus two-view consistency.
+
+Pure PyTorch: the single-process reference and the Ray Train workers call the same step."""
+
+from __future__ import annotations
+
+import torch
+
+from ccd_ray.classifier import CAMClassifier
+from ccd_ray.losses import consistency_loss, consistency_weight, soft_bce
+
+
+def augment_pair(images: torch.Tensor, generator: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two views of normalised images: a random horizontal flip shared by both, and for the
+    second a per-image brightness/contrast jitter (so CAMs of both views stay aligned)."""
+    n = images.shape[0]
+    flip = torch.rand(n, generator=generator) < 0.5
+    first = torch.where(flip.view(n, 1, 1, 1), images.flip(-1), images)
+    contrast = torch.empty(n, 1, 1, 1).uniform_(0.6, 1.4, generator=generator)
+    brightness = torch.empty(n, 1, 1, 1).uniform_(-0.4, 0.4, generator=generator)
+    mean = first.mean(dim=(1, 2, 3), keepdim=True)
+    second = (first - mean) * contrast + mean + brightness
+    return first, second
+
+
+def step_losses(model: torch.nn.Module, first: torch.Tensor, second: torch.Tensor,
+                targets: torch.Tensor, weights: torch.Tensor | None, beta: float
+                ) -> dict[str, torch.Tensor]:
+    """Losses of one batch; the second view is only run when the consistency term is on."""
+    logits, _ = model(first)
+    bce = soft_bce(logits, targets, weights)
+    if beta > 0:
+        logits_second, _ = model(second)
+        consist = consistency_loss(logits, logits_second)
+    else:
+        consist = torch.zeros((), device=logits.device)
+    return {"loss": bce + beta * consist, "bce": bce.detach(), "consistency": consist.detach()}
+
+
+def train_epoch(model: CAMClassifier | torch.nn.Module, optimizer: torch.optim.Optimizer,
+                batches, epoch: int, beta: float, warmup_epochs: int,
+                generator: torch.Generator) -> dict[str, float]:
+    """One pass over batches of (images, targets, weights); returns the mean losses."""
+    model.train()
+    weight = consistency_weight(epoch, beta, warmup_epochs)
+    totals = {"loss": 0.0, "bce": 0.0, "consistency": 0.0}
+    count = 0
+    for images, targets, weights in batches:
+        first, second = augment_pair(images, generator)
+        device = next(model.parameters()).device
+        losses = step_losses(model, first.to(device), second.to(device), targets.to(device),
+                             None if weights is None else weights.to(device), weight)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+        for key in totals:
+            totals[key] += float(losses[key].detach())
+        count += 1
+    return {key: value / max(count, 1) for key, value in totals.items()}
