@@ -65,8 +65,10 @@ def prepare_images(images: list[torch.Tensor], size: int) -> torch.Tensor:
 
 def save_classifier(path: str | Path, model: CAMClassifier, class_names: list[str],
                     image_size: int) -> None:
-    """A self-describing checkpoint: weights plus what is needed to rebuild and feed the model."""
-    state = {k.removeprefix("module."): v.cpu() for k, v in model.state_dict().items()}
+    """A self-describing checkpoint: weights plus what is needed to rebuild and feed the model.
+    A DDP-wrapped model is unwrapped first."""
+    model = getattr(model, "module", model)
+    state = {k: v.cpu() for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "backbone": model.backbone, "class_names": list(class_names),
                 "image_size": int(image_size)}, path)
 

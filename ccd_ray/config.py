@@ -82,7 +82,7 @@ class RelabelConfig:
                                  "search for a threshold giving avg_count..avg_count+2 per image")
     selection_threshold: float = _knob(0.5, low=0.0, high=1.0)
     avg_count: int = _knob(4, low=1, high=1000)
-    cam_threshold: float = _knob(0.5, low=0.0, high=1.0,
+    cam_threshold: float = _knob(0.5, low=0.0, high=0.99,
                                  help="fraction of the min-max normalised CAM kept as the region")
     box_mode: str = _knob("largest_component", choices=("largest_component", "first_last"),
                           help="true box of the largest region, or the authors' first/last pixel")
@@ -123,6 +123,10 @@ class DataConfig:
                                       help="stop when more images than this fraction are bad")
     max_image_pixels: int = _knob(50_000_000, low=1, high=10**10,
                                   help="larger images are rejected as decompression bombs")
+    max_image_side: int = _knob(1024, low=16, high=65536,
+                                help="images are shrunk to this long side when decoded")
+    files_per_task: int = _knob(64, low=1, high=100000,
+                                help="plain image files read per task (image-folder corpora)")
 
 
 @dataclass
@@ -165,6 +169,9 @@ def _allowed(f: dataclasses.Field) -> str:
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Return value as the annotated type, or raise ConfigError naming the key."""
+    if isinstance(value, _OverrideText):
+        takes_text = annotation is str or str in typing.get_args(annotation)
+        value = value.text if takes_text and value.value is not None else value.value
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -212,6 +219,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         key = prefix + name
         annotation = hints[name]
         if dataclasses.is_dataclass(annotation):
+            value = {} if value is None else value  # a YAML section whose keys are all commented out
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
             kwargs[name] = _build(annotation, value, key + ".")
@@ -269,11 +277,25 @@ def validate(cfg: CCDConfig) -> CCDConfig:
     return cfg
 
 
+@dataclass(frozen=True)
+class _OverrideText:
+    """A scalar --set value parsed as YAML, remembering its text for keys that are strings
+    (so run_id=2024 or a class named 'yes' stay as typed)."""
+    value: Any
+    text: str
+
+
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. labels.alpha=0.4")
     key, raw = item.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML: {exc}") from None
+    if isinstance(value, (bool, int, float)) or value is None:
+        value = _OverrideText(value, raw.strip())
+    return key.strip().split("."), value
 
 
 def _merge(base: dict[str, Any], path: list[str], value: Any) -> None:
@@ -312,6 +334,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for item in overrides:
         keys, value = _parse_override(item)
         _merge(data, keys, value)
+    return config_from_dict(data)
+
+
+def config_from_dict(data: dict[str, Any]) -> CCDConfig:
+    """A validated config from a (possibly partial) nested dict, e.g. CCDConfig.to_dict()."""
     return validate(_build(CCDConfig, data, ""))
 
 

@@ -10,12 +10,12 @@ from dataclasses import dataclass, field
 import torch
 
 from ccd_ray import labels as label_ops
-from ccd_ray.cam import avg_count_threshold, select_classes
+from ccd_ray.cam import avg_count_threshold
 from ccd_ray.classifier import CAMClassifier, prepare_images
 from ccd_ray.config import CCDConfig
-from ccd_ray.scoring import classifier_outputs, initial_scores, relabel_scores
+from ccd_ray.scoring import classifier_outputs, initial_scores, relabel_boxes, score_boxes
 from ccd_ray.teacher import Teacher
-from ccd_ray.training import train_epoch
+from ccd_ray.training import batch_indices, train_epoch
 
 
 @dataclass
@@ -43,8 +43,9 @@ def relabel_round(teacher: Teacher, model: CAMClassifier, images: list[torch.Ten
                   round_index: int, cfg: CCDConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(new soft labels, raw pooled local scores) of one classifier-guided round."""
     probs, cams = classifier_outputs(model, images, cfg.train.image_size)
-    selected = select_classes(probs, selection_threshold(probs, cfg))
-    local = relabel_scores(teacher, images, image_ids, cams, selected, round_index, cfg)
+    boxes = relabel_boxes(probs, cams, images, image_ids, selection_threshold(probs, cfg),
+                          round_index, cfg)
+    local = score_boxes(teacher, images, boxes, cfg)
     local_debiased = label_ops.debias(local, bias, cfg.labels.gamma)
     return label_ops.fuse(previous, local_debiased, cfg.labels.alpha), local
 
@@ -75,7 +76,7 @@ def run_reference(cfg: CCDConfig, images: list[torch.Tensor], image_ids: list[st
         targets = label_ops.smoothing_floor(labels[-1], lc.smoothing_floor)
         order = torch.randperm(len(images), generator=generator)
         batches = [(inputs[idx], targets[idx], weights[idx])
-                   for idx in torch.split(order, tc.batch_size)]
+                   for idx in batch_indices(order, tc.batch_size)]
         losses = train_epoch(model, optimizer, batches, epoch, tc.beta, tc.warmup_epochs,
                              generator)
         history.append({"epoch": epoch, "labels_round": len(labels) - 1, **losses})

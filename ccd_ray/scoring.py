@@ -16,7 +16,7 @@ from ccd_ray.teacher import Teacher
 from ccd_ray.views import box_guided_boxes, crop_views, initial_boxes, rng_for
 
 
-def _score_boxes(teacher: Teacher, images: list[torch.Tensor], boxes: list[np.ndarray],
+def score_boxes(teacher: Teacher, images: list[torch.Tensor], boxes: list[np.ndarray],
                  cfg: CCDConfig) -> torch.Tensor:
     """Crop every image's boxes, score all views in batches, pool per image -> N x C."""
     views = [crop_views(img, b, teacher.image_size, teacher.mean, teacher.std)
@@ -31,7 +31,7 @@ def initial_scores(teacher: Teacher, images: list[torch.Tensor], image_ids: list
     boxes = [initial_boxes(img.shape[1], img.shape[2], cfg.initial.random_crops,
                            cfg.initial.crop_scale, cfg.seed, image_id)
              for img, image_id in zip(images, image_ids)]
-    return _score_boxes(teacher, images, boxes, cfg)
+    return score_boxes(teacher, images, boxes, cfg)
 
 
 @torch.no_grad()
@@ -55,10 +55,11 @@ def guided_boxes(cams: torch.Tensor, selected: list[int], height: int, width: in
                                             rc.box_jitter, rng) for b in boxes])
 
 
-def relabel_scores(teacher: Teacher, images: list[torch.Tensor], image_ids: list[str],
-                   cams: torch.Tensor, selected: list[list[int]], round_index: int,
-                   cfg: CCDConfig) -> torch.Tensor:
-    """Phase 2: teacher scores of the CAM-guided views of each image, pooled -> N x C raw."""
-    boxes = [guided_boxes(c, s, img.shape[1], img.shape[2], image_id, round_index, cfg)
-             for img, image_id, c, s in zip(images, image_ids, cams, selected)]
-    return _score_boxes(teacher, images, boxes, cfg)
+def relabel_boxes(probs: torch.Tensor, cams: torch.Tensor, images: list[torch.Tensor],
+                  image_ids: list[str], threshold: float, round_index: int, cfg: CCDConfig
+                  ) -> list[np.ndarray]:
+    """Phase 2, classifier half: per image, the views around the CAM boxes of its selected
+    classes (those whose probability reaches threshold, at least the top one)."""
+    selected = cam_ops.select_classes(probs, threshold)
+    return [guided_boxes(c, s, img.shape[1], img.shape[2], image_id, round_index, cfg)
+            for img, image_id, c, s in zip(images, image_ids, cams, selected)]

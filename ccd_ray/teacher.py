@@ -30,7 +30,7 @@ def _check_weights_exist(cfg: TeacherConfig) -> None:
         folder = Path(cfg.model[len(LOCAL_DIR_PREFIX):])
         if not (folder / "open_clip_config.json").is_file():
             raise FileNotFoundError(f"teacher.model: {folder} has no open_clip_config.json")
-        if not any(folder.glob(p) for p in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
+        if not any(any(folder.glob(p)) for p in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
             raise FileNotFoundError(f"teacher.model: {folder} holds no weights file")
     elif cfg.pretrained and ("/" in cfg.pretrained or cfg.pretrained.endswith((".pt", ".pth",
                                                                                ".bin", ".safetensors"))):

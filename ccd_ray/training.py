@@ -24,6 +24,15 @@ def augment_pair(images: torch.Tensor, generator: torch.Generator
     return first, second
 
 
+def batch_indices(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
+    """Split an epoch's order into batches; a last batch of one joins the previous one, since
+    batch norm cannot train on a single image whose feature map is 1x1."""
+    chunks = list(torch.split(order, batch_size))
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks
+
+
 def step_losses(model: torch.nn.Module, first: torch.Tensor, second: torch.Tensor,
                 targets: torch.Tensor, weights: torch.Tensor | None, beta: float
                 ) -> dict[str, torch.Tensor]:

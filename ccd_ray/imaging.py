@@ -1,0 +1,77 @@
+"""Decode untrusted image bytes into RGB uint8 tensors, or say exactly why not."""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+# Reasons recorded in errors.parquet; kept stable so users can filter on them.
+EMPTY = "empty: zero bytes"
+NOT_AN_IMAGE = "not an image"
+TRUNCATED = "truncated or corrupt image data"
+TOO_LARGE = "too large: more pixels than data.max_image_pixels"
+NO_PIXELS = "image has zero width or height"
+
+
+@dataclass
+class Decoded:
+    image: torch.Tensor | None   # 3 x H x W uint8, RGB
+    error: str | None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Grayscale, palette, CMYK, 16-bit and alpha images to RGB; alpha is composited on white
+    so transparent areas do not turn black."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+        canvas.paste(rgba, mask=rgba.getchannel("A"))
+        return canvas
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = arr.max() or 1.0
+        return Image.fromarray((arr / top * 255).astype(np.uint8)).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes | None, max_pixels: int, max_side: int | None = None) -> Decoded:
+    """Decode bytes to a 3 x H x W uint8 RGB tensor, shrunk so its long side is at most
+    max_side (None: full size). Never raises for bad data: the reason is returned instead."""
+    if not data:
+        return Decoded(None, EMPTY)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            width, height = img.size
+            if width * height > max_pixels:
+                return Decoded(None, f"{TOO_LARGE} ({width}x{height})")
+            if width == 0 or height == 0:
+                return Decoded(None, NO_PIXELS)
+            if max_side and max(width, height) > max_side:
+                img.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale
+            img.load()
+            if max_side and max(img.size) > max_side:
+                img.thumbnail((max_side, max_side), Image.BILINEAR)
+            rgb = _to_rgb(img)
+    except UnidentifiedImageError:
+        return Decoded(None, NOT_AN_IMAGE)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        return Decoded(None, TOO_LARGE)
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+        return Decoded(None, f"{TRUNCATED}: {type(exc).__name__}: {exc}"[:300])
+    array = np.array(rgb, dtype=np.uint8)
+    return Decoded(torch.from_numpy(array).permute(2, 0, 1).contiguous(), None)
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """H x W x 3 uint8 -> PNG bytes (lossless, so tests compare exact pixels)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+

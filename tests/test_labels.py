@@ -1,0 +1,169 @@
+"""Label maths: pooling, bias statistics (shard-mergeable), debiasing, fusion, weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from ccd_ray import labels as L
+
+
+def _softmax_scores(n, c, seed, sharpness=3.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(n, c, generator=g) * sharpness).softmax(dim=1)
+
+
+def test_aggregate_max_and_mean():
+    views = torch.tensor([[0.1, 0.7, 0.2],
+                          [0.6, 0.3, 0.1],
+                          [0.2, 0.2, 0.6]])
+    torch.testing.assert_close(L.aggregate_views(views, "max"), torch.tensor([0.6, 0.7, 0.6]))
+    torch.testing.assert_close(L.aggregate_views(views, "mean"), torch.tensor([0.3, 0.4, 0.3]))
+    with pytest.raises(ValueError, match="median"):
+        L.aggregate_views(views, "median")
+    with pytest.raises(ValueError):
+        L.aggregate_views(torch.zeros(0, 3), "max")
+
+
+def test_aggregate_by_image_splits_in_order():
+    scores = torch.tensor([[0.1, 0.9], [0.5, 0.2],      # image 0: two views
+                           [0.3, 0.3],                  # image 1: one view
+                           [0.0, 0.4], [0.8, 0.1], [0.2, 0.2]])  # image 2: three views
+    out = L.aggregate_by_image(scores, [2, 1, 3], "max")
+    torch.testing.assert_close(out, torch.tensor([[0.5, 0.9], [0.3, 0.3], [0.8, 0.4]]))
+    out = L.aggregate_by_image(scores, [2, 1, 3], "mean")
+    torch.testing.assert_close(out[2], torch.tensor([1.0 / 3, 0.7 / 3]))
+    with pytest.raises(ValueError, match="views expected"):
+        L.aggregate_by_image(scores, [2, 2], "max")
+
+
+def test_entropy():
+    for c in (2, 5, 20):
+        torch.testing.assert_close(L.entropy(torch.full((1, c), 1.0 / c)),
+                                   torch.tensor([math.log(c)]))
+    # unnormalised rows are read as distributions
+    torch.testing.assert_close(L.entropy(torch.full((1, 4), 0.9)), torch.tensor([math.log(4)]))
+    one_hot = torch.tensor([[0.0, 1.0, 0.0]])
+    assert float(L.entropy(one_hot)[0]) == pytest.approx(0.0, abs=1e-6)
+    assert float(L.entropy(torch.tensor([[0.5, 0.5, 0.0]]))[0]) == pytest.approx(math.log(2))
+
+
+def test_debias_gamma_zero_is_identity():
+    scores = _softmax_scores(10, 4, 0)
+    bias = torch.tensor([0.1, 1.0, 3.0, 10.0])
+    out = L.debias(scores, bias, 0.0)
+    assert torch.equal(out, scores)
+    assert out.data_ptr() != scores.data_ptr()  # a copy, not an alias
+
+
+@pytest.mark.parametrize("statistic", ["count", "top1_mean"])
+def test_debias_lowers_frequent_classes(statistic):
+    # class 0 is the teacher's favourite: top-1 of most images with a high score
+    # (many positives, high mean top-1); class 2 is rare and when top-1, only weakly
+    scores = torch.tensor([[0.90, 0.05, 0.05],
+                           [0.85, 0.10, 0.05],
+                           [0.80, 0.15, 0.05],
+                           [0.70, 0.20, 0.10],
+                           [0.20, 0.70, 0.10],
+                           [0.30, 0.30, 0.40]])
+    partials = L.bias_partials(scores, threshold=0.5, entropy_threshold=10.0)
+    bias = L.bias_vector(partials, statistic)
+    assert bias[0] > bias[2]
+    probe = torch.full((1, 3), 0.2)  # equal raw scores, small enough that nothing clamps
+    for gamma in (0.5, 1.0, 2.0):
+        out = L.debias(probe, bias, gamma)[0]
+        assert out[0] < out[2], (statistic, gamma, bias)
+        torch.testing.assert_close(out, (0.2 / bias.pow(gamma)).clamp(0, 1))
+    # stronger gamma, stronger correction
+    r1 = L.debias(probe, bias, 1.0)[0]
+    r2 = L.debias(probe, bias, 2.0)[0]
+    assert r2[2] / r2[0] > r1[2] / r1[0] > 1
+
+
+def test_bias_vector_count_values():
+    scores = torch.tensor([[0.9, 0.6, 0.1],
+                           [0.8, 0.1, 0.1],
+                           [0.7, 0.1, 0.2]])
+    partials = L.bias_partials(scores, threshold=0.5, entropy_threshold=10.0)
+    torch.testing.assert_close(partials["positives"], torch.tensor([3.0, 1.0, 0.0],
+                                                                   dtype=torch.float64))
+    bias = L.bias_vector(partials, "count")
+    # n = [3, 1, 0 -> 1], mean 5/3
+    torch.testing.assert_close(bias, torch.tensor([3 * 3 / 5, 3 / 5, 3 / 5]))
+    assert bias.dtype == torch.float32
+
+
+def test_bias_vector_top1_mean_values_and_unseen_class():
+    scores = torch.tensor([[0.9, 0.05, 0.05],
+                           [0.7, 0.2, 0.1],
+                           [0.1, 0.6, 0.3]])
+    partials = L.bias_partials(scores, threshold=0.5, entropy_threshold=10.0)
+    bias = L.bias_vector(partials, "top1_mean")
+    # class 0: mean(0.9, 0.7) = 0.8; class 1: 0.6; class 2 never top-1 -> mean of others 0.7
+    torch.testing.assert_close(bias, torch.tensor([0.8, 0.6, 0.7]))
+
+
+def test_bias_partials_only_confident_images_count_for_top1():
+    sharp = torch.tensor([[0.97, 0.01, 0.02]])
+    flat = torch.tensor([[0.34, 0.33, 0.33]])
+    threshold = float(L.entropy(flat)[0]) - 0.01  # flat is uncertain, sharp is confident
+    partials = L.bias_partials(torch.cat([sharp, flat, flat]), 0.5, threshold)
+    torch.testing.assert_close(partials["top1_count"], torch.tensor([1.0, 0, 0],
+                                                                    dtype=torch.float64))
+    torch.testing.assert_close(partials["top1_sum"], torch.tensor([0.97, 0, 0],
+                                                                  dtype=torch.float64))
+    assert float(partials["images"]) == 3.0
+    # nobody confident: top1_mean has no evidence and divides by nothing
+    none = L.bias_partials(flat, 0.5, 0.0)
+    assert torch.equal(L.bias_vector(none, "top1_mean"), torch.ones(3))
+
+
+def test_bias_partials_merge_equals_concatenation():
+    a = _softmax_scores(13, 5, 1)
+    b = _softmax_scores(7, 5, 2)
+    c = _softmax_scores(1, 5, 3)
+    kwargs = dict(threshold=0.4, entropy_threshold=1.0)
+    merged = L.merge_bias_partials([L.bias_partials(x, **kwargs) for x in (a, b, c)])
+    whole = L.bias_partials(torch.cat([a, b, c]), **kwargs)
+    assert set(merged) == set(whole)
+    for key in whole:
+        torch.testing.assert_close(merged[key], whole[key], rtol=1e-12, atol=1e-12)
+    assert float(whole["top1_count"].sum()) > 0   # the confident filter kept something ...
+    assert float(whole["top1_count"].sum()) < 21  # ... and dropped something
+    for statistic in ("count", "top1_mean"):
+        torch.testing.assert_close(L.bias_vector(merged, statistic),
+                                   L.bias_vector(whole, statistic))
+    with pytest.raises(ValueError):
+        L.merge_bias_partials([])
+    with pytest.raises(ValueError, match="statistic"):
+        L.bias_vector(whole, "median")
+
+
+def test_fuse():
+    old = torch.tensor([[0.9, 0.1, 0.5]])
+    new = torch.tensor([[0.2, 0.8, 0.5]])
+    assert torch.equal(L.fuse(old, new, 1.0), old)
+    assert torch.equal(L.fuse(old, new, 0.0), new)
+    torch.testing.assert_close(L.fuse(old, new, 0.4), torch.tensor([[0.48, 0.52, 0.5]]))
+
+
+def test_smoothing_floor_and_binarize():
+    s = torch.tensor([[0.01, 0.5, 0.04]])
+    assert torch.equal(L.smoothing_floor(s, 0.0), s)
+    torch.testing.assert_close(L.smoothing_floor(s, 0.05), torch.tensor([[0.05, 0.5, 0.05]]))
+    assert L.binarize(s, 0.5).tolist() == [[False, True, False]]
+    assert L.label_names(torch.tensor([[0.6, 0.2], [0.5, 0.9], [0.1, 0.1]]), ["cat", "dog"],
+                         0.5) == [["cat"], ["cat", "dog"], []]
+
+
+def test_sample_weights():
+    confident = torch.tensor([[0.98, 0.01, 0.01]])
+    uncertain = torch.tensor([[0.34, 0.33, 0.33]])
+    scores = torch.cat([confident, uncertain, confident])
+    w = L.sample_weights(scores, entropy_threshold=0.5, uncertain_weight=0.25)
+    assert w.dtype == torch.float32
+    assert w.tolist() == [1.0, 0.25, 1.0]
+    assert L.sample_weights(scores, 0.5, 1.0).tolist() == [1.0, 1.0, 1.0]
+    assert L.sample_weights(scores, 10.0, 0.0).tolist() == [1.0, 1.0, 1.0]
