@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ccd_ray.classifier import CAMClassifier
+from ccd_ray.classifier import load_classifier, normalise
 from ccd_ray.config import CCDConfig, config_from_dict
 from ccd_ray.imaging import decode_image
 from ccd_ray.scoring import classifier_outputs, initial_scores, relabel_boxes, score_boxes
@@ -91,10 +91,7 @@ class CamBoxer(_DecodingStage):
                  round_index: int):
         super().__init__(cfg_dict)
         self.device = pick_device(self.cfg)
-        state = torch.load(io.BytesIO(classifier_bytes), map_location="cpu", weights_only=True)
-        self.model = CAMClassifier(state["backbone"], len(state["class_names"]))
-        self.model.load_state_dict(state["state_dict"])
-        self.model.to(self.device).eval()
+        self.model, _, _ = load_classifier(io.BytesIO(classifier_bytes), self.device)
         self.threshold = threshold
         self.round_index = round_index
 
@@ -128,3 +125,22 @@ class GuidedScorer(_DecodingStage):
         boxes = [np.asarray(box_lists[i], dtype=np.int64).reshape(-1, 4) for i in good]
         scores = score_boxes(self.teacher, images, boxes, self.cfg) if good else torch.zeros(0)
         return _scores_table(batch, good, scores, [len(b) for b in boxes], errors, stages)
+
+
+class InputsPredictor:
+    """Classifier probabilities of stored training inputs (uint8, already resized)."""
+
+    def __init__(self, cfg_dict: dict, classifier_bytes: bytes):
+        cfg = config_from_dict(cfg_dict)
+        self.device = pick_device(cfg)
+        self.model, _, self.image_size = load_classifier(io.BytesIO(classifier_bytes), self.device)
+
+    @torch.no_grad()
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        pixels = np.stack([np.frombuffer(p, dtype=np.uint8).reshape(3, self.image_size,
+                                                                    self.image_size)
+                           for p in batch.column("pixels").to_pylist()])
+        logits, _ = self.model(normalise(torch.from_numpy(pixels).to(self.device)))
+        probs = torch.sigmoid(logits).float().cpu().numpy()
+        return pa.table({"image_id": batch.column("image_id"),
+                         "probs": pa.array(probs.tolist(), pa.list_(pa.float32()))})

@@ -53,14 +53,26 @@ class CAMClassifier(nn.Module):
                 {"params": self.head.parameters(), "lr": lr * head_lr_mult}]
 
 
+def resize_images(images: list[torch.Tensor], size: int) -> torch.Tensor:
+    """uint8 3 x H x W images -> uint8 N x 3 x size x size (aspect is stretched, so the CAM
+    grid spans the whole image in both axes). Training inputs are stored in this form."""
+    if not images:
+        return torch.zeros(0, 3, size, size, dtype=torch.uint8)
+    return torch.cat([F.interpolate(img.float()[None], size=(size, size), mode="bilinear",
+                                    antialias=True, align_corners=False)
+                      for img in images]).round().clamp(0, 255).to(torch.uint8)
+
+
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 N x 3 x S x S -> ImageNet-normalised floats."""
+    mean = torch.tensor(IMAGENET_MEAN, device=pixels.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=pixels.device).view(1, 3, 1, 1)
+    return (pixels.float() / 255.0 - mean) / std
+
+
 def prepare_images(images: list[torch.Tensor], size: int) -> torch.Tensor:
-    """uint8 3 x H x W images -> N x 3 x size x size, ImageNet-normalised (aspect is stretched,
-    so the CAM grid spans the whole image in both axes)."""
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    resized = [F.interpolate(img.float()[None] / 255.0, size=(size, size), mode="bilinear",
-                             antialias=True, align_corners=False)[0] for img in images]
-    return (torch.stack(resized) - mean) / std
+    """uint8 3 x H x W images -> the classifier's input batch."""
+    return normalise(resize_images(images, size))
 
 
 def save_classifier(path: str | Path, model: CAMClassifier, class_names: list[str],

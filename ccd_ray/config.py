@@ -137,6 +137,9 @@ class ComputeConfig:
     cpus_per_actor: float = _knob(1.0, low=0.0, high=256.0)
     images_per_batch: int = _knob(16, low=1, high=65536, help="images per actor batch")
     train_workers: int = _knob(1, low=1, high=10000)
+    cpus_per_worker: float = _knob(1.0, low=0.0, high=256.0, help="CPUs per Ray Train worker")
+    train_max_failures: int = _knob(2, low=0, high=1000,
+                                    help="lost Train workers recovered from the last checkpoint")
     use_gpu: bool = _knob(False)
     device: str = _knob("auto", choices=("auto", "cpu", "cuda"))
 
@@ -271,6 +274,10 @@ def validate(cfg: CCDConfig) -> CCDConfig:
     if cfg.relabel.rounds > 0 and cfg.train.warmup_epochs == 0:
         raise ConfigError("train.warmup_epochs: relabel rounds need a warmed-up classifier; "
                           "set it to at least 1 or set relabel.rounds=0")
+    if cfg.relabel.rounds > 0 and cfg.train.warmup_epochs + cfg.relabel.rounds > cfg.train.epochs:
+        raise ConfigError(f"train.epochs ({cfg.train.epochs}) must be at least "
+                          f"train.warmup_epochs + relabel.rounds ({cfg.train.warmup_epochs} + "
+                          f"{cfg.relabel.rounds}): each round is followed by an epoch")
     if not cfg.run_id or any(c in cfg.run_id for c in "/\\ ") or cfg.run_id.startswith("."):
         raise ConfigError(f"run_id: {cfg.run_id!r} must be a non-empty name without '/', '\\', "
                           "spaces or a leading '.'")

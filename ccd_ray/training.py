@@ -47,23 +47,35 @@ def step_losses(model: torch.nn.Module, first: torch.Tensor, second: torch.Tenso
     return {"loss": bce + beta * consist, "bce": bce.detach(), "consistency": consist.detach()}
 
 
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, first: torch.Tensor,
+               second: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None,
+               beta: float) -> dict[str, float]:
+    """One optimiser step on a batch already on the model's device; bf16 autocast on GPU."""
+    device = first.device
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        losses = step_losses(model, first, second, targets, weights, beta)
+    optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    optimizer.step()
+    return {key: float(value.detach()) for key, value in losses.items()}
+
+
+def mean_losses(steps: list[dict[str, float]]) -> dict[str, float]:
+    keys = ("loss", "bce", "consistency")
+    return {key: sum(s[key] for s in steps) / max(len(steps), 1) for key in keys}
+
+
 def train_epoch(model: CAMClassifier | torch.nn.Module, optimizer: torch.optim.Optimizer,
                 batches, epoch: int, beta: float, warmup_epochs: int,
                 generator: torch.Generator) -> dict[str, float]:
     """One pass over batches of (images, targets, weights); returns the mean losses."""
     model.train()
     weight = consistency_weight(epoch, beta, warmup_epochs)
-    totals = {"loss": 0.0, "bce": 0.0, "consistency": 0.0}
-    count = 0
+    device = next(model.parameters()).device
+    steps = []
     for images, targets, weights in batches:
         first, second = augment_pair(images, generator)
-        device = next(model.parameters()).device
-        losses = step_losses(model, first.to(device), second.to(device), targets.to(device),
-                             None if weights is None else weights.to(device), weight)
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-        for key in totals:
-            totals[key] += float(losses[key].detach())
-        count += 1
-    return {key: value / max(count, 1) for key, value in totals.items()}
+        steps.append(train_step(model, optimizer, first.to(device), second.to(device),
+                                targets.to(device),
+                                None if weights is None else weights.to(device), weight))
+    return mean_losses(steps)
