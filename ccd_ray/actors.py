@@ -7,6 +7,7 @@ with `error` and `error_stage` set and no scores, so a bad image never fails a b
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +28,13 @@ BOXES_SCHEMA = pa.schema([("image_id", pa.string()), ("image", pa.binary()),
 
 
 def pick_device(cfg: CCDConfig) -> torch.device:
+    """compute.device: 'cpu', 'cuda' (which must be there), or 'auto' (cuda when visible)."""
+    if cfg.compute.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "compute.device is 'cuda' but this process sees no CUDA device (torch "
+            f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); run on a GPU "
+            "node with compute.gpus_per_actor > 0, or set compute.device to auto or cpu")
     if cfg.compute.device == "cuda" or (cfg.compute.device == "auto" and torch.cuda.is_available()):
         return torch.device("cuda")
     return torch.device("cpu")
@@ -68,13 +76,17 @@ def _scores_table(batch: pa.Table, good: list[int], scores: torch.Tensor, views:
                                 schema=RAW_SCHEMA)
 
 
-class InitialScorer(_DecodingStage):
-    """Phase 1: global view + random crops per image -> pooled raw teacher scores."""
+class _TeacherStage(_DecodingStage):
+    """A decoding stage that holds the teacher, built once per actor."""
 
     def __init__(self, cfg_dict: dict):
         super().__init__(cfg_dict)
         self.teacher = Teacher.from_config(self.cfg.teacher, self.cfg.classes,
                                            pick_device(self.cfg))
+
+
+class InitialScorer(_TeacherStage):
+    """Phase 1: global view + random crops per image -> pooled raw teacher scores."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         good, images, errors, stages = self.decode(batch)
@@ -111,13 +123,8 @@ class CamBoxer(_DecodingStage):
                                     schema=BOXES_SCHEMA)
 
 
-class GuidedScorer(_DecodingStage):
+class GuidedScorer(_TeacherStage):
     """Phase 2, teacher half: score the views chosen by CamBoxer -> pooled raw local scores."""
-
-    def __init__(self, cfg_dict: dict):
-        super().__init__(cfg_dict)
-        self.teacher = Teacher.from_config(self.cfg.teacher, self.cfg.classes,
-                                           pick_device(self.cfg))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         good, images, errors, stages = self.decode(batch)

@@ -80,8 +80,9 @@ class RelabelConfig:
     class_selection: str = _knob("threshold", choices=("threshold", "avg_count"),
                                  help="'threshold' on the classifier's sigmoid, or the authors' "
                                  "search for a threshold giving avg_count..avg_count+2 per image")
-    selection_threshold: float = _knob(0.5, low=0.0, high=1.0)
-    avg_count: int = _knob(4, low=1, high=1000)
+    selection_threshold: float = _knob(0.5, low=0.0, high=1.0,
+                                       help="classifier probability that selects a class")
+    avg_count: int = _knob(4, low=1, high=1000, help="classes per image for 'avg_count'")
     cam_threshold: float = _knob(0.5, low=0.0, high=0.99,
                                  help="fraction of the min-max normalised CAM kept as the region")
     box_mode: str = _knob("largest_component", choices=("largest_component", "first_last"),
@@ -97,17 +98,18 @@ class RelabelConfig:
 
 @dataclass
 class TrainConfig:
-    backbone: str = _knob("resnet18", choices=("resnet18", "resnet50", "resnet101"))
+    backbone: str = _knob("resnet18", choices=("resnet18", "resnet50", "resnet101"),
+                          help="torchvision ResNet body of the student")
     backbone_weights: str | None = _knob(None, help="none, 'imagenet' (torchvision, online) "
                                          "or a local state-dict file")
-    image_size: int = _knob(224, low=16, high=2048)
+    image_size: int = _knob(224, low=16, high=2048, help="student input side (authors: 448)")
     epochs: int = _knob(10, low=1, high=1000, help="total epochs over all rounds")
     warmup_epochs: int = _knob(2, low=0, high=1000, help="epochs before the first relabel; "
                                "the consistency loss is off until then")
     beta: float = _knob(1.0, low=0.0, high=100.0, help="consistency loss weight")
     lr: float = _knob(1e-4, low=0.0, high=10.0, help="backbone learning rate (Adam)")
-    head_lr_mult: float = _knob(10.0, low=0.0, high=1e4)
-    weight_decay: float = _knob(0.0, low=0.0, high=1.0)
+    head_lr_mult: float = _knob(10.0, low=0.0, high=1e4, help="CAM head learning-rate factor")
+    weight_decay: float = _knob(0.0, low=0.0, high=1.0, help="Adam weight decay")
     batch_size: int = _knob(16, low=1, high=65536, help="per worker")
     holdout_fraction: float = _knob(0.2, low=0.0, high=0.9,
                                     help="images held out of training for evaluation")
@@ -118,7 +120,7 @@ class DataConfig:
     corpus_uri: str = _knob("", help="Parquet/WebDataset shards or an image folder (local or s3://)")
     output_uri: str = _knob("outputs", help="where runs are written (local or s3://)")
     s3_endpoint: str | None = _knob(None, help="endpoint of an S3-compatible store")
-    s3_region: str = _knob("us-east-1")
+    s3_region: str = _knob("us-east-1", help="region of the S3 store")
     max_error_fraction: float = _knob(0.05, low=0.0, high=1.0,
                                       help="stop when more images than this fraction are bad")
     max_image_pixels: int = _knob(50_000_000, low=1, high=10**10,
@@ -131,23 +133,25 @@ class DataConfig:
 
 @dataclass
 class ComputeConfig:
-    clip_actors: int = _knob(1, low=1, high=10000)
-    cam_actors: int = _knob(1, low=1, high=10000)
+    clip_actors: int = _knob(1, low=1, high=10000, help="max teacher actors (pool grows to it)")
+    cam_actors: int = _knob(1, low=1, high=10000, help="max classifier (CAM) actors")
     gpus_per_actor: float = _knob(0.0, low=0.0, high=8.0, help="fractional GPUs are fine")
-    cpus_per_actor: float = _knob(1.0, low=0.0, high=256.0)
+    cpus_per_actor: float = _knob(1.0, low=0.0, high=256.0, help="CPUs reserved per actor")
     images_per_batch: int = _knob(16, low=1, high=65536, help="images per actor batch")
-    train_workers: int = _knob(1, low=1, high=10000)
+    train_workers: int = _knob(1, low=1, high=10000, help="Ray Train DDP workers")
     cpus_per_worker: float = _knob(1.0, low=0.0, high=256.0, help="CPUs per Ray Train worker")
     train_max_failures: int = _knob(2, low=0, high=1000,
                                     help="lost Train workers recovered from the last checkpoint")
-    use_gpu: bool = _knob(False)
-    device: str = _knob("auto", choices=("auto", "cpu", "cuda"))
+    use_gpu: bool = _knob(False, help="one GPU per Ray Train worker (DDP over NCCL)")
+    device: str = _knob("auto", choices=("auto", "cpu", "cuda"),
+                        help="device of the CLIP/CAM actors; auto = cuda when the actor sees one")
 
 
 @dataclass
 class CCDConfig:
     run_id: str = _knob("default", help="names the run; rerunning the same id resumes it")
-    seed: int = _knob(0, low=0, high=2**31 - 1)
+    seed: int = _knob(0, low=0, high=2**31 - 1,
+                      help="seeds crops, jitter, the split, init and shuffles")
     classes: ClassesConfig = field(default_factory=ClassesConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     initial: InitialLabelsConfig = field(default_factory=InitialLabelsConfig)
@@ -278,6 +282,14 @@ def validate(cfg: CCDConfig) -> CCDConfig:
         raise ConfigError(f"train.epochs ({cfg.train.epochs}) must be at least "
                           f"train.warmup_epochs + relabel.rounds ({cfg.train.warmup_epochs} + "
                           f"{cfg.relabel.rounds}): each round is followed by an epoch")
+    if cfg.compute.device == "cpu" and cfg.compute.use_gpu:
+        raise ConfigError("compute.use_gpu=true contradicts compute.device='cpu': the Train "
+                          "workers would train on a GPU; set compute.device to auto (or cuda), "
+                          "or compute.use_gpu=false")
+    if cfg.compute.device == "cpu" and cfg.compute.gpus_per_actor > 0:
+        raise ConfigError(f"compute.gpus_per_actor={cfg.compute.gpus_per_actor} contradicts "
+                          "compute.device='cpu': the actors would hold GPUs they never use; set "
+                          "compute.device to auto (or cuda), or compute.gpus_per_actor=0")
     if not cfg.run_id or any(c in cfg.run_id for c in "/\\ ") or cfg.run_id.startswith("."):
         raise ConfigError(f"run_id: {cfg.run_id!r} must be a non-empty name without '/', '\\', "
                           "spaces or a leading '.'")
@@ -368,3 +380,7 @@ def config_reference() -> str:
 
     walk(CCDConfig, "")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(config_reference())

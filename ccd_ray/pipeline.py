@@ -64,6 +64,12 @@ def _check_run_config(cfg: CCDConfig, store: RunStore) -> None:
     write_json(store.fs, store.path("classes.json"), cfg.classes.names)
 
 
+def _starting(name: str, committed: bool) -> float:
+    if not committed:
+        log(f"{name}: started")
+    return time.time()
+
+
 def _stage(name: str, committed: bool, started: float, detail: str = "") -> None:
     verb = "skipped (already committed)" if committed else f"done in {time.time() - started:.1f} s"
     log(f"{name}: {verb}{'; ' + detail if detail else ''}")
@@ -79,7 +85,7 @@ def _labels_round(cfg: CCDConfig, store: RunStore, round_index: int,
                   classifier_bytes: bytes | None) -> None:
     raw_name = labeling.raw_stage(round_index)
     was_committed = store.committed(raw_name) is not None
-    started = time.time()
+    started = _starting(raw_name, was_committed)
     if round_index == 0:
         labeling.score_initial(cfg, store)
     else:
@@ -88,7 +94,7 @@ def _labels_round(cfg: CCDConfig, store: RunStore, round_index: int,
     _stage(raw_name, was_committed, started)
     name = labeling.labels_stage(round_index)
     was_committed = store.committed(name) is not None
-    started = time.time()
+    started = _starting(name, was_committed)
     labeling.write_labels(cfg, store, round_index)
     _stage(name, was_committed, started, _label_counts(store, round_index))
 
@@ -118,7 +124,7 @@ def _train_segment(cfg: CCDConfig, store: RunStore, segment: Segment, inputs_pat
     name = f"train/segment-{segment.index}"
     committed = store.committed(name)
     was_committed = committed is not None
-    started = time.time()
+    started = _starting(name, was_committed)
     if committed is None:
         start_from = None
         if segment.index > 0:
@@ -150,8 +156,8 @@ def run_ccd(cfg: CCDConfig) -> RunStore:
     _check_run_config(cfg, store)
     segments = schedule(cfg)
     _labels_round(cfg, store, 0, None)
-    started = time.time()
     was_committed = store.committed("train-inputs") is not None
+    started = _starting("train-inputs", was_committed)
     inputs_path = build_inputs(cfg, store)
     _stage("train-inputs", was_committed, started)
     weights = _sample_weights(cfg, store)
@@ -160,8 +166,8 @@ def run_ccd(cfg: CCDConfig) -> RunStore:
         if segment.labels_round > 0:
             _labels_round(cfg, store, segment.labels_round, classifier)
         classifier = _train_segment(cfg, store, segment, inputs_path, weights)
-    started = time.time()
     was_committed = store.committed(FINAL_STAGE) is not None
+    started = _starting(FINAL_STAGE, was_committed)
     final = finish_run(cfg, store, classifier, inputs_path)
     _stage(FINAL_STAGE, was_committed, started)
     log(f"outputs: {final} (classifier.pt, metrics.json, report.md); labels per round in "

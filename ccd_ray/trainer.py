@@ -35,8 +35,9 @@ from ccd_ray.losses import consistency_weight
 
 INPUTS_STAGE = "train-inputs"
 STATE_FILE = "state.pt"
-# Test hook: "EPOCH:MARKER_FILE" makes the rank-0 worker exit abruptly in that epoch, once
-# (the marker file records that it happened), to prove recovery from a lost worker.
+# Test hook, read by the driver: "EPOCH:MARKER_FILE" makes the rank-0 worker exit abruptly in
+# that epoch, once (the marker file records that it happened), to prove recovery from a lost
+# worker.
 FAULT_ENV = "CCD_RAY_FAIL_WORKER_ONCE"
 
 
@@ -68,9 +69,11 @@ def build_inputs(cfg: CCDConfig, store: RunStore) -> str:
     """Decode and resize every good image once (uint8, train.image_size), with its split."""
     if store.committed(INPUTS_STAGE) is None:
         attempt = store.begin(INPUTS_STAGE)
-        corpus_rows(cfg).map_batches(_inputs_batch, batch_format="pyarrow",
-                                     fn_kwargs={"cfg_dict": cfg.to_dict()}).write_parquet(
-            attempt, filesystem=store.fs)
+        inputs = corpus_rows(cfg).map_batches(_inputs_batch, batch_format="pyarrow",
+                                              fn_kwargs={"cfg_dict": cfg.to_dict()})
+        # rows land in corpus order, so every run trains on the same sequence (reproducible)
+        inputs.context.execution_options.preserve_order = True
+        inputs.write_parquet(attempt, filesystem=store.fs)
         store.commit(INPUTS_STAGE, attempt)
     return store.committed(INPUTS_STAGE)
 
@@ -94,14 +97,16 @@ def training_dataset(cfg: CCDConfig, inputs_path: str, store: RunStore,
     ids = np.array(sorted(labels))
     scores = np.stack([labels[i] for i in ids]).astype(np.float32)
     weight = np.array([weights.get(i, 1.0) for i in ids], dtype=np.float32)
-    return ray.data.read_parquet(inputs_path, filesystem=store.fs).map_batches(
+    dataset = ray.data.read_parquet(inputs_path, filesystem=store.fs).map_batches(
         _attach_labels, batch_format="pyarrow",
         fn_kwargs={"ids": ids, "scores": scores, "weights": weight,
                    "image_size": cfg.train.image_size})
+    # A fixed block order makes the seeded shuffle, and so a rerun's classifier, reproducible.
+    dataset.context.execution_options.preserve_order = True
+    return dataset
 
 
-def _maybe_fail(epoch: int, rank: int) -> None:
-    spec = os.environ.get(FAULT_ENV)
+def _maybe_fail(spec: str | None, epoch: int, rank: int) -> None:
     if not spec or rank != 0:
         return
     fail_epoch, marker = spec.split(":", 1)
@@ -116,6 +121,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     first_epoch, end_epoch = config["epochs"]
     context = ray.train.get_context()
     rank = context.get_world_rank()
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
     model = CAMClassifier(tc.backbone, len(cfg.classes.names), tc.backbone_weights)
     optimizer = torch.optim.Adam(model.param_groups(tc.lr, tc.head_lr_mult),
                                  weight_decay=tc.weight_decay)
@@ -141,7 +147,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                               pin_memory=device.type == "cuda"):
             if len(batch["pixels"]) < 2:
                 continue  # batch norm cannot train on one image
-            _maybe_fail(epoch, rank)
+            _maybe_fail(config.get("fail_once"), epoch, rank)
             first, second = augment_pair(normalise(batch["pixels"]), generator)
             steps.append(train_step(model, optimizer, first.to(device), second.to(device),
                                     batch["targets"].to(device), batch["weights"].to(device),
@@ -167,7 +173,8 @@ def fit_segment(cfg: CCDConfig, store: RunStore, dataset: ray.data.Dataset, segm
         failure_config=FailureConfig(max_failures=cfg.compute.train_max_failures))
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.to_dict(), "epochs": list(epochs), "start_from": start_from},
+        train_loop_config={"cfg": cfg.to_dict(), "epochs": list(epochs), "start_from": start_from,
+                           "fail_once": os.environ.get(FAULT_ENV)},
         scaling_config=ScalingConfig(num_workers=cfg.compute.train_workers,
                                      use_gpu=cfg.compute.use_gpu,
                                      resources_per_worker={"CPU": cfg.compute.cpus_per_worker}),

@@ -1,0 +1,138 @@
+"""The Ray Data actor classes called directly (no Ray) on pyarrow batches mixing good rows,
+rows that fail to decode and rows that arrive with a read error."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from ccd_ray.actors import BOXES_SCHEMA, RAW_SCHEMA, CamBoxer, GuidedScorer, InitialScorer
+from ccd_ray.corpus import ROW_SCHEMA, UNREADABLE_SHARD
+from ccd_ray.imaging import decode_image
+from ccd_ray.scoring import classifier_outputs, initial_scores, relabel_boxes, score_boxes
+
+from conftest import ZOO_MAX_PIXELS, image_zoo, make_classifier
+
+ACTOR_CONFIG = ["train.image_size=64", "initial.random_crops=2", "relabel.views_per_box=2",
+                f"data.max_image_pixels={ZOO_MAX_PIXELS}", "compute.device=cpu"]
+READ_ERROR = f"{UNREADABLE_SHARD}: OSError: gone"
+
+
+@pytest.fixture(scope="module")
+def cfg(make_config):
+    return make_config(*ACTOR_CONFIG)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Reader rows (image_id, image, error): the zoo plus one shard the reader could not open."""
+    zoo = image_zoo()
+    ids = [z[0] for z in zoo] + ["bucket/corpus/x.parquet"]
+    return pa.Table.from_pydict({"image_id": ids, "image": [z[1] for z in zoo] + [None],
+                                 "error": [None] * len(zoo) + [READ_ERROR]}, schema=ROW_SCHEMA)
+
+
+@pytest.fixture(scope="module")
+def expected():
+    """image_id -> (error stage, error prefix), None for the rows that must be scored."""
+    out = {name: (("decode", reason) if reason else None) for name, _, reason in image_zoo()}
+    out["bucket/corpus/x.parquet"] = ("read", READ_ERROR)
+    return out
+
+
+@pytest.fixture(scope="module")
+def initial_scorer(cfg):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random teacher weights
+        return InitialScorer(cfg.to_dict())
+
+
+def _check_errors(out: pa.Table, expected) -> list[int]:
+    """Error columns as expected; returns the indices of the good rows."""
+    good = []
+    for i, row in enumerate(out.to_pylist()):
+        want = expected[row["image_id"]]
+        if want is None:
+            assert row["error"] is None and row["error_stage"] is None, row["image_id"]
+            good.append(i)
+        else:
+            assert row["error_stage"] == want[0], row["image_id"]
+            assert row["error"].startswith(want[1]), (row["image_id"], row["error"])
+    return good
+
+
+def _decoded(batch: pa.Table, rows: list[int], cfg) -> list[torch.Tensor]:
+    images = batch.column("image").to_pylist()
+    return [decode_image(images[i], cfg.data.max_image_pixels, cfg.data.max_image_side).image
+            for i in rows]
+
+
+def test_initial_scorer_scores_good_rows_and_carries_errors(initial_scorer, batch, expected, cfg):
+    out = initial_scorer(batch)
+    assert out.schema.equals(RAW_SCHEMA) and out.num_rows == batch.num_rows
+    assert out.column("image_id").to_pylist() == batch.column("image_id").to_pylist()
+    good = _check_errors(out, expected)
+    assert len(good) == sum(v is None for v in expected.values())
+
+    views = out.column("views").to_pylist()
+    scores = out.column("scores").to_pylist()
+    for i in range(out.num_rows):
+        if i in good:
+            assert views[i] == 1 + cfg.initial.random_crops and len(scores[i]) == 4
+        else:
+            assert views[i] == 0 and scores[i] is None
+
+    ids = [batch.column("image_id")[i].as_py() for i in good]
+    reference = initial_scores(initial_scorer.teacher, _decoded(batch, good, cfg), ids, cfg)
+    np.testing.assert_allclose(np.array([scores[i] for i in good]), reference.numpy(), atol=1e-6)
+    # the same image scores the same wherever it sits in a batch (views seeded by image id)
+    single = initial_scorer(batch.slice(0, 1))
+    np.testing.assert_allclose(single.column("scores")[0].as_py(), scores[0], atol=1e-6)
+
+
+def test_initial_scorer_on_a_batch_without_good_rows(initial_scorer, batch, expected):
+    bad = batch.filter(pa.array([expected[i] is not None
+                                 for i in batch.column("image_id").to_pylist()]))
+    out = initial_scorer(bad)
+    assert out.num_rows == bad.num_rows and out.column("scores").null_count == bad.num_rows
+    assert _check_errors(out, expected) == []
+
+
+def test_cam_boxer_then_guided_scorer(cfg, batch, expected):
+    """Phase 2 as the two pools chain it: boxes per good row, errors carried with their stage."""
+    model, checkpoint = make_classifier(list(cfg.classes.names), seed=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        boxer = CamBoxer(cfg.to_dict(), checkpoint, 0.5, 1)
+        scorer = GuidedScorer(cfg.to_dict())
+    boxed = boxer(batch)
+    assert boxed.schema.equals(BOXES_SCHEMA)
+    good = _check_errors(boxed, expected)
+    boxes = boxed.column("boxes").to_pylist()
+    assert all((boxes[i] is None) == (i not in good) for i in range(boxed.num_rows))
+
+    images = _decoded(batch, good, cfg)
+    ids = [batch.column("image_id")[i].as_py() for i in good]
+    probs, cams = classifier_outputs(model, images, cfg.train.image_size)
+    want = relabel_boxes(probs, cams, images, ids, 0.5, 1, cfg)
+    for i, w in zip(good, want):
+        assert boxes[i] == w.astype(np.int32).ravel().tolist()
+        assert len(boxes[i]) % (4 * cfg.relabel.views_per_box) == 0
+
+    out = scorer(boxed)
+    assert out.schema.equals(RAW_SCHEMA)
+    assert _check_errors(out, expected) == good
+    views = out.column("views").to_pylist()
+    assert [views[i] for i in good] == [len(w) for w in want]
+    reference = score_boxes(scorer.teacher, images, want, cfg)
+    np.testing.assert_allclose(np.array([out.column("scores")[i].as_py() for i in good]),
+                               reference.numpy(), atol=1e-6)
+
+
+def test_cam_boxer_rejects_a_corrupt_checkpoint(cfg):
+    with pytest.raises(Exception, match="(?i)unpickl|load|checkpoint"):
+        CamBoxer(cfg.to_dict(), b"not a checkpoint", 0.5, 1)

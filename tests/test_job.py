@@ -1,0 +1,214 @@
+"""The whole job behind `ray job submit`, on a `ray start --head` cluster the test starts and
+stops, reading a corpus from and writing its run to the S3 endpoint on loopback; then the same
+job killed mid-relabel and rerun with the same run id (with a Train worker lost on the way)."""
+
+from __future__ import annotations
+
+import io
+import os
+import posixpath
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from ccd_ray.classifier import load_classifier
+from ccd_ray.config import load_config
+from ccd_ray.embedded import DEFAULT_CONFIG
+from ccd_ray.labeling import labels_stage, read_labels
+from ccd_ray.packing import synthetic_records, write_shards
+from ccd_ray.storage import RunStore, filesystem_for, read_bytes, read_json
+from ccd_ray.synth.scenes import CLASS_NAMES
+from ccd_ray.trainer import FAULT_ENV
+
+pytestmark = [pytest.mark.slow, pytest.mark.ray]
+
+REPO = Path(__file__).resolve().parents[1]
+JOB_TIMEOUT = 1200
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head_cluster(s3_server, tmp_path_factory):
+    """`ray start --head` on loopback (its own process group, stopped at the end)."""
+    gcs, dashboard = _free_port(), _free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    log = tmp_path_factory.mktemp("head") / "head.log"
+    ray_cli = str(Path(sys.executable).with_name("ray"))
+    process = subprocess.Popen(
+        [ray_cli, "start", "--head", "--block", "--num-cpus", "4", "--node-ip-address",
+         "127.0.0.1", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port",
+         str(dashboard), "--include-dashboard", "true", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/version", timeout=2)
+                break
+            except OSError:
+                if time.time() > deadline or process.poll() is not None:
+                    raise RuntimeError(f"ray start --head did not come up: {log.read_text()}")
+                time.sleep(1)
+        yield {"dashboard": url, "gcs": f"127.0.0.1:{gcs}", "env": env, "ray": ray_cli}
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def job_corpus(s3_server):
+    """48 synthetic scenes (the embedded default's kind) as Parquet shards in S3."""
+    cfg = load_config(overrides=[f"classes.names={list(CLASS_NAMES)}",
+                                 f"data.s3_endpoint={s3_server['endpoint']}"])
+    fs, root = filesystem_for(f"s3://{s3_server['bucket']}/job-corpus", cfg.data)
+    write_shards(synthetic_records(48, 11, 96, 3), fs, root, 16)
+    return f"s3://{s3_server['bucket']}/job-corpus"
+
+
+def job_overrides(s3_server, local_teacher, corpus_uri: str) -> list[str]:
+    """The embedded default's config, with the corpus and the run in S3."""
+    sets = [f"classes.names=[{', '.join(CLASS_NAMES)}]", f"teacher.model={local_teacher}",
+            f"data.corpus_uri={corpus_uri}", f"data.output_uri=s3://{s3_server['bucket']}/runs",
+            f"data.s3_endpoint={s3_server['endpoint']}"]
+    return [arg for item in sets for arg in ("--set", item)]
+
+
+def run_store(s3_server, run_id: str) -> RunStore:
+    cfg = load_config(DEFAULT_CONFIG, [f"classes.names={list(CLASS_NAMES)}",
+                                       f"data.s3_endpoint={s3_server['endpoint']}"])
+    return RunStore.open(f"s3://{s3_server['bucket']}/runs", run_id, cfg.data)
+
+
+def submit(head_cluster, args: list[str]) -> subprocess.CompletedProcess:
+    """`ray job submit --working-dir .`, retried while the job agent is still starting."""
+    command = [head_cluster["ray"], "job", "submit", "--address", head_cluster["dashboard"],
+               "--working-dir", str(REPO), "--", "python", "jobs/run_ccd.py", *args]
+    for _ in range(30):
+        result = subprocess.run(command, env=head_cluster["env"], capture_output=True,
+                                text=True, timeout=JOB_TIMEOUT, cwd=REPO)
+        if "No available agent" not in result.stdout + result.stderr:
+            return result
+        time.sleep(2)
+    return result
+
+
+@pytest.fixture(scope="module")
+def submitted_run(head_cluster, s3_server, local_teacher, job_corpus):
+    result = submit(head_cluster, [*job_overrides(s3_server, local_teacher, job_corpus),
+                                   "--run-id", "e2e"])
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+def test_job_submit_writes_every_documented_output(submitted_run, s3_server):
+    store = run_store(s3_server, "e2e")
+    fs = store.fs
+    assert "[ccd-ray] final: done" in submitted_run
+    assert "AWS_SECRET_ACCESS_KEY" not in submitted_run
+    classes = read_json(fs, store.path("classes.json"))
+    assert classes == list(CLASS_NAMES)
+    config_text = read_bytes(fs, store.path("config.yaml")).decode()
+    assert "secret" not in config_text.lower() and "access_key" not in config_text.lower()
+    for round_index in (0, 1):
+        folder = store.committed(labels_stage(round_index))
+        assert folder, f"round {round_index} labels not committed"
+        table = pa.concat_tables(
+            pq.read_table(f, filesystem=fs)
+            for f in [i.path for i in fs.get_file_info(
+                pafs.FileSelector(posixpath.join(folder, "labels")))])
+        assert table.schema.field("scores").type == pa.list_(pa.float32())
+        assert table.schema.field("labels").type == pa.list_(pa.string())
+        assert table.num_rows == 48
+        for scores, names in zip(table.column("scores").to_pylist(),
+                                 table.column("labels").to_pylist()):
+            assert len(scores) == len(classes)
+            assert names == [c for c, s in zip(classes, scores) if s >= 0.5]
+        errors = pq.read_table(posixpath.join(folder, "errors.parquet"), filesystem=fs)
+        assert errors.column_names == ["image_id", "stage", "reason"] and errors.num_rows == 0
+        summary = read_json(fs, posixpath.join(folder, "summary.json"))
+        assert summary["images"] == 48 and summary["labeled"] == 48 and summary["errors"] == 0
+    bias = read_json(fs, posixpath.join(store.committed(labels_stage(0)), "bias.json"))
+    assert len(bias["bias"]) == len(classes) and all(b > 0 for b in bias["bias"])
+    final = store.committed("final")
+    model, names, size = load_classifier(io.BytesIO(read_bytes(fs, posixpath.join(
+        final, "classifier.pt"))))
+    assert names == list(CLASS_NAMES) and size == 96
+    metrics = read_json(fs, posixpath.join(final, "metrics.json"))
+    assert metrics["ground_truth_images"] == 48
+    assert [r["round"] for r in metrics["rounds"]] == [0, 1]
+    assert 0 <= metrics["classifier_holdout"]["mAP"] <= 100
+    assert "| pseudo-labels, round 1 |" in read_bytes(fs, posixpath.join(final, "report.md")
+                                                      ).decode()
+    for plot in ("map_per_round.png", "per_class_ap.png", "samples.png"):
+        assert read_bytes(fs, posixpath.join(final, plot))[:4] == b"\x89PNG"
+
+
+def _run_driver(head_cluster, args: list[str], env: dict, kill_after: str | None = None):
+    """Run jobs/run_ccd.py as a driver of the head cluster; with kill_after, SIGKILL it once a
+    line containing that text is printed. Returns (exit code, output)."""
+    process = subprocess.Popen(
+        [sys.executable, "jobs/run_ccd.py", *args, "--address", head_cluster["gcs"]],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True)
+    lines = []
+    deadline = time.time() + JOB_TIMEOUT
+    for line in process.stdout:
+        lines.append(line)
+        if kill_after and kill_after in line:
+            time.sleep(3)  # let the stage get under way
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+        if time.time() > deadline:
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+    process.wait(timeout=120)
+    return process.returncode, "".join(lines)
+
+
+def test_killed_job_resumes_and_a_lost_train_worker_is_recovered(
+        submitted_run, head_cluster, s3_server, local_teacher, job_corpus, tmp_path):
+    args = [*job_overrides(s3_server, local_teacher, job_corpus), "--run-id", "resume"]
+    code, first = _run_driver(head_cluster, args, head_cluster["env"],
+                              kill_after="round-1/raw: started")
+    assert code == -signal.SIGKILL, first[-3000:]
+    store = run_store(s3_server, "resume")
+    assert store.committed(labels_stage(1)) is None and store.committed("final") is None
+
+    marker = tmp_path / "worker-failed"
+    env = dict(head_cluster["env"], **{FAULT_ENV: f"3:{marker}"})  # epoch 3: the last segment
+    code, second = _run_driver(head_cluster, args, env)
+    assert code == 0, second[-4000:]
+    for stage in ("round-0/raw", "round-0/labels", "train-inputs", "train/segment-0"):
+        assert f"[ccd-ray] {stage}: skipped (already committed)" in second, stage
+    assert "[ccd-ray] round-1/raw: started" in second
+    assert marker.exists(), "the injected worker failure did not happen"
+    assert "[ccd-ray] final: done" in second
+
+    resumed = read_labels(store, 1)
+    uninterrupted = read_labels(run_store(s3_server, "e2e"), 1)
+    assert sorted(resumed) == sorted(uninterrupted)
+    for image_id, scores in uninterrupted.items():
+        np.testing.assert_allclose(resumed[image_id], scores, atol=1e-4, err_msg=image_id)
+    attempts = [i for i in store.fs.get_file_info(
+        pafs.FileSelector(store.path("round-1/raw")))
+        if posixpath.basename(i.path).startswith("attempt-")]
+    assert len(attempts) == 1, "the killed attempt was not cleaned up on commit"
