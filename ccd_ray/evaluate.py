@@ -13,6 +13,7 @@ from ccd_ray import labeling
 from ccd_ray.actors import InputsPredictor
 from ccd_ray.config import CCDConfig
 from ccd_ray.corpus import discover, read_ground_truth
+from ccd_ray.labeling import actor_pool_args
 from ccd_ray.metrics import f1_scores, mean_average_precision, per_class_ap
 from ccd_ray.report import write_report
 from ccd_ray.storage import RunStore, filesystem_for, write_bytes, write_json
@@ -27,10 +28,7 @@ def predict_inputs(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes, hol
     rows = inputs.filter(lambda row: row["holdout"] == holdout).map_batches(
         InputsPredictor, fn_constructor_kwargs={"cfg_dict": cfg.to_dict(),
                                                 "classifier_bytes": classifier_bytes},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=cfg.compute.cam_actors),
-        batch_size=cfg.compute.images_per_batch, batch_format="pyarrow",
-        num_cpus=cfg.compute.cpus_per_actor,
-        **({"num_gpus": cfg.compute.gpus_per_actor} if cfg.compute.gpus_per_actor else {}))
+        **actor_pool_args(cfg, cfg.compute.cam_actors))
     return {r["image_id"]: np.asarray(r["probs"], dtype=np.float32) for r in rows.take_all()}
 
 

@@ -65,7 +65,7 @@ def corpus_rows(cfg: CCDConfig) -> ray.data.Dataset:
         num_cpus=0.5)
 
 
-def _pool(cfg: CCDConfig, size: int) -> dict[str, Any]:
+def actor_pool_args(cfg: CCDConfig, size: int) -> dict[str, Any]:
     """map_batches arguments of an actor pool of at most size actors."""
     gpus = cfg.compute.gpus_per_actor
     return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=size),
@@ -98,8 +98,10 @@ def _write_raw_stage(cfg: CCDConfig, store: RunStore, stage: str, rows: ray.data
     attempt = store.begin(stage)
     rows.write_parquet(attempt, filesystem=store.fs)
     counts = _count_rows(ray.data.read_parquet(attempt, filesystem=store.fs))
-    if counts["images"] == 0:
-        raise TooManyErrors(f"{stage}: the corpus {cfg.data.corpus_uri} yielded no rows")
+    if counts["labeled"] == 0:
+        raise TooManyErrors(f"{stage}: no image of the corpus {cfg.data.corpus_uri} could be "
+                            f"labeled ({counts['images']} rows, reasons: "
+                            f"{counts['errors_by_reason']}); nothing was committed.")
     fraction = counts["errors"] / counts["images"]
     if fraction > cfg.data.max_error_fraction:
         raise TooManyErrors(
@@ -117,7 +119,7 @@ def score_initial(cfg: CCDConfig, store: RunStore) -> str:
     if store.committed(stage) is None:
         rows = corpus_rows(cfg).map_batches(
             InitialScorer, fn_constructor_kwargs={"cfg_dict": cfg.to_dict()},
-            **_pool(cfg, cfg.compute.clip_actors))
+            **actor_pool_args(cfg, cfg.compute.clip_actors))
         _write_raw_stage(cfg, store, stage, rows)
     return store.committed(stage)
 
@@ -131,9 +133,9 @@ def score_relabel(cfg: CCDConfig, store: RunStore, round_index: int, classifier_
                 .map_batches(CamBoxer, fn_constructor_kwargs={
                     "cfg_dict": cfg.to_dict(), "classifier_bytes": classifier_bytes,
                     "threshold": threshold, "round_index": round_index},
-                    **_pool(cfg, cfg.compute.cam_actors))
+                    **actor_pool_args(cfg, cfg.compute.cam_actors))
                 .map_batches(GuidedScorer, fn_constructor_kwargs={"cfg_dict": cfg.to_dict()},
-                             **_pool(cfg, cfg.compute.clip_actors)))
+                             **actor_pool_args(cfg, cfg.compute.clip_actors)))
         _write_raw_stage(cfg, store, stage, rows)
     return store.committed(stage)
 
