@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import posixpath
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -195,7 +194,3 @@ def export_classifier(checkpoint: Checkpoint, cfg: CCDConfig) -> bytes:
 
 def checkpoint_at(store: RunStore, path: str) -> Checkpoint:
     return Checkpoint(path=path, filesystem=store.fs)
-
-
-def segment_path(store: RunStore, segment: int) -> str:
-    return posixpath.join(store.path("ray-train"), f"segment-{segment}")
