@@ -21,7 +21,9 @@ import pyarrow as pa
 import ray
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.data import ExecutionOptions
+from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig,
+                       ScalingConfig)
 from ray.train.torch import TorchTrainer
 
 from ccd_ray.classifier import CAMClassifier, normalise, resize_images, save_classifier
@@ -100,9 +102,15 @@ def training_dataset(cfg: CCDConfig, inputs_path: str, store: RunStore,
         _attach_labels, batch_format="pyarrow",
         fn_kwargs={"ids": ids, "scores": scores, "weights": weight,
                    "image_size": cfg.train.image_size})
-    # A fixed block order makes the seeded shuffle, and so a rerun's classifier, reproducible.
-    dataset.context.execution_options.preserve_order = True
     return dataset
+
+
+def ingest_config() -> DataConfig:
+    """Ray Train's ingest options. Train replaces a dataset's own execution options with these
+    (by default the driver's global DataContext, where blocks arrive in completion order);
+    keeping the block order makes each worker's shard and its seeded shuffle, and so a rerun's
+    classifier, reproducible."""
+    return DataConfig(execution_options=ExecutionOptions(preserve_order=True))
 
 
 def _maybe_fail(spec: str | None, epoch: int, rank: int) -> None:
@@ -177,7 +185,7 @@ def fit_segment(cfg: CCDConfig, store: RunStore, dataset: ray.data.Dataset, segm
         scaling_config=ScalingConfig(num_workers=cfg.compute.train_workers,
                                      use_gpu=cfg.compute.use_gpu,
                                      resources_per_worker={"CPU": cfg.compute.cpus_per_worker}),
-        run_config=run_config, datasets={"train": dataset})
+        run_config=run_config, datasets={"train": dataset}, dataset_config=ingest_config())
     return trainer.fit()
 
 

@@ -7,10 +7,12 @@ from __future__ import annotations
 import io
 import os
 import posixpath
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -36,25 +38,41 @@ REPO = Path(__file__).resolve().parents[1]
 JOB_TIMEOUT = 1200
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def _free_ports(count: int) -> list[int]:
+    """Distinct free ports on loopback (held together while picked, so none repeats)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 @pytest.fixture(scope="module")
 def head_cluster(s3_server, tmp_path_factory):
-    """`ray start --head` on loopback (its own process group, stopped at the end)."""
-    gcs, dashboard = _free_port(), _free_port()
+    """`ray start --head` on loopback (its own process group, stopped at the end).
+
+    Every port is a free one picked here: the session's other Ray instance already holds the
+    default ones (the dashboard agent's 52365 above all), and an agent that cannot bind its
+    port leaves the head with "No available agent to submit job"."""
+    flags = ("--port", "--dashboard-port", "--dashboard-agent-listen-port",
+             "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port",
+             "--ray-client-server-port", "--node-manager-port", "--object-manager-port")
+    ports = dict(zip(flags, _free_ports(len(flags))))
+    # a short root of its own: Ray's socket paths must stay under 107 characters
+    temp_dir = tempfile.mkdtemp(prefix="ccd-head-", dir="/tmp")
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     log = tmp_path_factory.mktemp("head") / "head.log"
     ray_cli = str(Path(sys.executable).with_name("ray"))
     process = subprocess.Popen(
         [ray_cli, "start", "--head", "--block", "--num-cpus", "4", "--node-ip-address",
-         "127.0.0.1", "--port", str(gcs), "--dashboard-host", "127.0.0.1", "--dashboard-port",
-         str(dashboard), "--include-dashboard", "true", "--disable-usage-stats"],
+         "127.0.0.1", "--dashboard-host", "127.0.0.1", "--include-dashboard", "true",
+         "--disable-usage-stats", "--temp-dir", temp_dir,
+         *(str(item) for pair in ports.items() for item in pair)],
         env=env, start_new_session=True, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{dashboard}"
+    url = f"http://127.0.0.1:{ports['--dashboard-port']}"
     try:
         deadline = time.time() + 180
         while True:
@@ -65,13 +83,20 @@ def head_cluster(s3_server, tmp_path_factory):
                 if time.time() > deadline or process.poll() is not None:
                     raise RuntimeError(f"ray start --head did not come up: {log.read_text()}")
                 time.sleep(1)
-        yield {"dashboard": url, "gcs": f"127.0.0.1:{gcs}", "env": env, "ray": ray_cli}
+        yield {"dashboard": url, "gcs": f"127.0.0.1:{ports['--port']}", "env": env,
+               "ray": ray_cli, "temp_dir": temp_dir}
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         try:
             process.wait(timeout=90)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _agent_log_tail(head_cluster) -> str:
+    logs = sorted(Path(head_cluster["temp_dir"]).glob("session_*/logs/dashboard_agent.log"))
+    return logs[-1].read_text()[-3000:] if logs else "(no dashboard_agent.log)"
 
 
 @pytest.fixture(scope="module")
@@ -102,13 +127,16 @@ def submit(head_cluster, args: list[str]) -> subprocess.CompletedProcess:
     """`ray job submit --working-dir .`, retried while the job agent is still starting."""
     command = [head_cluster["ray"], "job", "submit", "--address", head_cluster["dashboard"],
                "--working-dir", str(REPO), "--", "python", "jobs/run_ccd.py", *args]
-    for _ in range(30):
+    deadline = time.time() + 240
+    while True:
         result = subprocess.run(command, env=head_cluster["env"], capture_output=True,
                                 text=True, timeout=JOB_TIMEOUT, cwd=REPO)
         if "No available agent" not in result.stdout + result.stderr:
             return result
-        time.sleep(2)
-    return result
+        if time.time() > deadline:
+            result.stderr += "\n--- dashboard_agent.log ---\n" + _agent_log_tail(head_cluster)
+            return result
+        time.sleep(3)
 
 
 @pytest.fixture(scope="module")

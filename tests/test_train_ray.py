@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tempfile
 
+import numpy as np
 import pytest
 import torch
 
@@ -93,3 +94,44 @@ def test_ddp_step_matches_single_process(ray_session, tmp_path, workers):
     for key, value in state.items():
         assert result.metrics["checksum"][key] == pytest.approx(float(value.double().sum()),
                                                                 rel=1e-4, abs=1e-4), key
+
+
+def _write_inputs(folder, size: int, files: int, rows: int) -> dict[str, np.ndarray]:
+    """A train-inputs stage of `files` Parquet files (one block each) and its soft labels."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(4)
+    labels = {}
+    for f in range(files):
+        ids = [f"img-{f:02d}-{r:02d}" for r in range(rows)]
+        pixels = [rng.integers(0, 256, (3, size, size), dtype=np.uint8).tobytes() for _ in ids]
+        pq.write_table(pa.table({"image_id": ids, "pixels": pa.array(pixels, pa.binary()),
+                                 "holdout": [False] * rows}), folder / f"part-{f:02d}.parquet")
+        labels.update({i: rng.random(NUM_CLASSES).astype(np.float32) for i in ids})
+    return labels
+
+
+def test_a_segment_trains_the_same_weights_on_every_run(ray_session, tmp_path, make_config):
+    """Two fits of one segment on the same inputs give the same classifier: what makes a
+    resumed run's later rounds equal an uninterrupted run's. The inputs come in many small
+    blocks, whose completion order varies from run to run."""
+    from ccd_ray.storage import RunStore
+    from ccd_ray.trainer import fit_segment, training_dataset, STATE_FILE
+
+    cfg = make_config("classes.names=[a, b, c]", "train.image_size=32", "train.batch_size=4",
+                      "train.epochs=2", "train.warmup_epochs=1", "train.beta=0.5")
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    labels = _write_inputs(inputs, 32, files=8, rows=3)
+    states = []
+    for run in ("first", "second"):
+        store = RunStore.open(str(tmp_path / "runs"), run, cfg.data)
+        dataset = training_dataset(cfg, str(inputs), store, labels, {})
+        result = fit_segment(cfg, store, dataset, 0, (0, 2), None)
+        with result.checkpoint.as_directory() as folder:
+            states.append(torch.load(f"{folder}/{STATE_FILE}", weights_only=True)["model"])
+    first, second = states
+    assert first.keys() == second.keys()
+    for key in first:
+        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0, msg=key)
