@@ -65,3 +65,21 @@ def f1_scores(scores: np.ndarray, targets: np.ndarray, threshold: float) -> dict
 
     return {"CP": float(cp), "CR": float(cr), "CF1": f1(cp, cr),
             "OP": float(op), "OR": float(orc), "OF1": f1(op, orc)}
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (ties get their mean rank); NaN when either is constant."""
+    def ranks(values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values, dtype=np.float64)
+        order = np.argsort(values, kind="mergesort")
+        rank = np.empty(len(values))
+        rank[order] = np.arange(len(values), dtype=np.float64)
+        for value in np.unique(values):  # ties share their mean rank
+            tied = values == value
+            rank[tied] = rank[tied].mean()
+        return rank
+
+    ra, rb = ranks(a), ranks(b)
+    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])

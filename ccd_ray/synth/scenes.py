@@ -28,8 +28,9 @@ CLASS_NAMES = list(CLASS_STYLES)
 @dataclass
 class Scene:
     image: np.ndarray  # H x W x 3 uint8
-    labels: list[str]
-    boxes: list[tuple[int, int, int, int]]  # one per label occurrence, x0 y0 x1 y1
+    labels: list[str]  # the classes present, sorted, once each
+    boxes: list[tuple[int, int, int, int]]  # one per object, x0 y0 x1 y1
+    box_labels: list[str]  # the class of each box
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[tuple[float, float]]:
@@ -107,7 +108,7 @@ def make_scene(rng: np.random.Generator, size: int, class_names: list[str],
         cx, cy = rng.uniform(r, size - r, 2)
         boxes.append(draw_object(draw, class_names[c], cx, cy, r, rng.uniform(0, 2 * math.pi)))
         names.append(class_names[c])
-    return Scene(np.array(image), sorted(set(names)), boxes)
+    return Scene(np.array(image), sorted(set(names)), boxes, names)
 
 
 def make_scenes(count: int, seed: int, size: int = 96, max_objects: int = 3,
