@@ -89,6 +89,9 @@ class RelabelConfig:
                           help="true box of the largest region, or the authors' first/last pixel")
     box_offset: float = _knob(0.125, low=0.0, high=1.0,
                               help="box widening per side, as a fraction of the image's long side")
+    view_source: str = _knob("cam", choices=("cam", "random"),
+                             help="'cam': views around the CAM boxes; 'random': as many random "
+                             "crops (initial.crop_scale) instead, an ablation of the guidance")
     views_per_box: int = _knob(10, low=1, high=256, help="jittered views per box (authors: 1)")
     box_jitter: float = _knob(0.1, low=0.0, high=1.0,
                               help="max shift/scale of a view, as a fraction of the box side")
@@ -113,6 +116,9 @@ class TrainConfig:
     batch_size: int = _knob(16, low=1, high=65536, help="per worker")
     holdout_fraction: float = _knob(0.2, low=0.0, high=0.9,
                                     help="images held out of training for evaluation")
+    targets: str = _knob("pseudo", choices=("pseudo", "ground_truth"),
+                         help="'pseudo': the rounds' labels; 'ground_truth': the corpus's own "
+                         "labels (the supervised upper bound of a benchmark)")
 
 
 @dataclass

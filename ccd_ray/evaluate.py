@@ -17,6 +17,7 @@ from ccd_ray.labeling import actor_pool_args
 from ccd_ray.metrics import f1_scores, mean_average_precision, per_class_ap
 from ccd_ray.report import write_report
 from ccd_ray.storage import RunStore, filesystem_for, write_bytes, write_json
+from ccd_ray.trainer import is_holdout
 
 FINAL_STAGE = "final"
 
@@ -65,14 +66,19 @@ def evaluate_run(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes) -> di
     metrics: dict[str, Any] = {"ground_truth_images": len(truth), "rounds": []}
     if not truth:
         return metrics
+    # pseudo-labels are scored on the training split, the classifier on the held-out one
+    held_out = {i for i in truth if is_holdout(i, cfg.train.holdout_fraction, cfg.seed)}
+    train_truth = {i: v for i, v in truth.items() if i not in held_out}
+    holdout_truth = {i: v for i, v in truth.items() if i in held_out}
     initial_ids, initial_raw, _ = labeling.read_scores(
         store.fs, store.committed(labeling.raw_stage(0)))
-    metrics["teacher_before_debias"] = score_predictions(dict(zip(initial_ids, initial_raw)),
-                                                         truth, names, threshold)
+    initial = dict(zip(initial_ids, initial_raw))
+    metrics["teacher_before_debias"] = score_predictions(initial, train_truth, names, threshold)
+    metrics["teacher_holdout"] = score_predictions(initial, holdout_truth, names, threshold)
     for round_index in range(cfg.relabel.rounds + 1):
         labels = labeling.read_labels(store, round_index)
-        metrics["rounds"].append({"round": round_index,
-                                  **(score_predictions(labels, truth, names, threshold) or {})})
+        metrics["rounds"].append({"round": round_index, **(score_predictions(
+            labels, train_truth, names, threshold) or {})})
     holdout = predict_inputs(cfg, store, classifier_bytes, holdout=True)
     metrics["classifier_holdout"] = score_predictions(holdout, truth, names, threshold)
     return metrics

@@ -54,11 +54,13 @@ def coco_records(annotations: Path, image_dir: Path) -> Iterator[Record]:
                sorted(present.get(image["id"], set())))
 
 
-def synthetic_records(count: int, seed: int, size: int, max_objects: int) -> Iterator[Record]:
+def synthetic_records(count: int, seed: int, size: int, max_objects: int,
+                      scale: tuple[float, float] = (0.25, 0.45)) -> Iterator[Record]:
     from ccd_ray.imaging import encode_png
     from ccd_ray.synth.scenes import make_scenes
 
-    for i, scene in enumerate(make_scenes(count, seed, size=size, max_objects=max_objects)):
+    for i, scene in enumerate(make_scenes(count, seed, size=size, max_objects=max_objects,
+                                          scale=scale)):
         yield f"synth-{seed}-{i:06d}", encode_png(scene.image), scene.labels
 
 

@@ -19,8 +19,10 @@ from ccd_ray import labeling
 from ccd_ray import labels as label_ops
 from ccd_ray.cam import avg_count_threshold
 from ccd_ray.config import CCDConfig, ConfigError
-from ccd_ray.evaluate import FINAL_STAGE, finish_run, predict_inputs
-from ccd_ray.storage import RunStore, exists, read_bytes, read_json, write_bytes, write_json
+from ccd_ray.corpus import discover, read_ground_truth
+from ccd_ray.evaluate import FINAL_STAGE, finish_run, predict_inputs, truth_matrix
+from ccd_ray.storage import (RunStore, exists, filesystem_for, read_bytes, read_json, write_bytes,
+                             write_json)
 from ccd_ray.trainer import build_inputs, checkpoint_at, export_classifier, fit_segment, \
     training_dataset
 
@@ -118,6 +120,23 @@ def _sample_weights(cfg: CCDConfig, store: RunStore) -> dict[str, float]:
     return dict(zip(ids, weights.tolist()))
 
 
+def _training_targets(cfg: CCDConfig, store: RunStore, labels_round: int
+                      ) -> dict[str, np.ndarray]:
+    """image_id -> soft targets: a round's pseudo-labels, or the corpus's ground truth."""
+    if cfg.train.targets == "ground_truth":
+        fs, root = filesystem_for(cfg.data.corpus_uri, cfg.data)
+        truth = read_ground_truth(fs, discover(fs, root, cfg.data.files_per_task))
+        if not truth:
+            raise ConfigError(f"train.targets=ground_truth: the corpus {cfg.data.corpus_uri} "
+                              "has no ground-truth labels")
+        ids = sorted(truth)
+        matrix = truth_matrix(truth, ids, cfg.classes.names).astype(np.float32)
+        return dict(zip(ids, matrix))
+    labels = labeling.read_labels(store, labels_round)
+    return {k: label_ops.smoothing_floor(torch.from_numpy(v), cfg.labels.smoothing_floor).numpy()
+            for k, v in labels.items()}
+
+
 def _train_segment(cfg: CCDConfig, store: RunStore, segment: Segment, inputs_path: str,
                    weights: dict[str, float]) -> bytes:
     """Fit one segment (or reuse its committed result); return its exported classifier."""
@@ -130,9 +149,7 @@ def _train_segment(cfg: CCDConfig, store: RunStore, segment: Segment, inputs_pat
         if segment.index > 0:
             previous = store.marker(f"train/segment-{segment.index - 1}")
             start_from = checkpoint_at(store, previous["checkpoint"])
-        labels = labeling.read_labels(store, segment.labels_round)
-        targets = {k: label_ops.smoothing_floor(torch.from_numpy(v), cfg.labels.smoothing_floor)
-                   .numpy() for k, v in labels.items()}
+        targets = _training_targets(cfg, store, segment.labels_round)
         dataset = training_dataset(cfg, inputs_path, store, targets, weights)
         result = fit_segment(cfg, store, dataset, segment.index, segment.epochs, start_from)
         attempt = store.begin(name)

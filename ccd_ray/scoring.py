@@ -13,7 +13,7 @@ from ccd_ray.classifier import CAMClassifier, prepare_images
 from ccd_ray.config import CCDConfig
 from ccd_ray.labels import aggregate_by_image
 from ccd_ray.teacher import Teacher
-from ccd_ray.views import box_guided_boxes, crop_views, initial_boxes, rng_for
+from ccd_ray.views import box_guided_boxes, crop_views, initial_boxes, random_crop_boxes, rng_for
 
 
 def score_boxes(teacher: Teacher, images: list[torch.Tensor], boxes: list[np.ndarray],
@@ -48,9 +48,12 @@ def guided_boxes(cams: torch.Tensor, selected: list[int], height: int, width: in
                  image_id: str, round_index: int, cfg: CCDConfig) -> np.ndarray:
     """All views of one image in a relabel round: views_per_box jittered views per CAM box."""
     rc = cfg.relabel
+    rng = rng_for(cfg.seed, image_id, round_index)
+    if rc.view_source == "random":  # the same number of views, placed without guidance
+        return random_crop_boxes(height, width, len(selected) * rc.views_per_box,
+                                 cfg.initial.crop_scale, rng)
     boxes = cam_ops.cam_boxes(cams, selected, height, width, rc.cam_threshold, rc.box_mode,
                               rc.cam_resolution)
-    rng = rng_for(cfg.seed, image_id, round_index)
     return np.concatenate([box_guided_boxes(b, height, width, rc.views_per_box, rc.box_offset,
                                             rc.box_jitter, rng) for b in boxes])
 

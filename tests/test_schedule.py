@@ -32,3 +32,48 @@ def test_holdout_split_is_stable_and_close_to_the_fraction():
     assert 0.17 < len(held) / len(ids) < 0.23
     assert held != [i for i in ids if is_holdout(i, 0.2, seed=1)]
     assert not any(is_holdout(i, 0.0, seed=0) for i in ids)
+
+
+def test_random_view_source_places_as_many_views_without_the_cams(make_config):
+    import numpy as np
+    import torch
+
+    from ccd_ray.scoring import guided_boxes
+
+    cfg = make_config("relabel.view_source=random", "relabel.views_per_box=3")
+    cams = torch.zeros(len(cfg.classes.names), 4, 4)
+    boxes = guided_boxes(cams, [0, 2], 40, 60, "img", 1, cfg)
+    assert boxes.shape == (6, 4)
+    assert np.all(boxes[:, :2] >= 0) and np.all(boxes[:, 2] <= 60) and np.all(boxes[:, 3] <= 40)
+    again = guided_boxes(torch.rand_like(cams), [0, 2], 40, 60, "img", 1, cfg)
+    np.testing.assert_array_equal(boxes, again)  # the CAMs play no part
+
+
+def test_ground_truth_targets_need_a_labeled_corpus(make_config, tmp_path):
+    from PIL import Image
+
+    from ccd_ray.pipeline import _training_targets
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    cfg = make_config("train.targets=ground_truth", f"data.corpus_uri={tmp_path}")
+    with pytest.raises(ConfigError, match="no ground-truth labels"):
+        _training_targets(cfg, None, 0)
+
+
+def test_ground_truth_targets_are_the_corpus_labels(make_config, tmp_path):
+    import numpy as np
+    import pyarrow.fs as pafs
+
+    from ccd_ray.packing import synthetic_records, write_shards
+    from ccd_ray.pipeline import _training_targets
+
+    records = list(synthetic_records(6, 2, 32, 2))
+    write_shards(iter(records), pafs.LocalFileSystem(), str(tmp_path / "corpus"), 3)
+    names = sorted({n for _, _, labels in records for n in labels})
+    cfg = make_config("train.targets=ground_truth", f"data.corpus_uri={tmp_path / 'corpus'}",
+                      f"classes.names=[{', '.join(names)}]")
+    targets = _training_targets(cfg, None, 0)
+    assert sorted(targets) == sorted(r[0] for r in records)
+    for image_id, _, labels in records:
+        np.testing.assert_array_equal(targets[image_id],
+                                      np.array([n in labels for n in names], np.float32))
