@@ -40,9 +40,9 @@ class PretrainSpec:
     batch_size: int = 96
     lr: float = 2e-3
     image_side: int = 64           # the teacher's input size: no resize at pretraining
-    max_objects: int = 3           # objects per pretraining image (1..max_objects)
+    max_objects: int = 4           # objects per pretraining image (1..max_objects)
     scale: tuple[float, float] = (0.35, 0.8)  # object diameter / image side
-    zipf_exponent: float = 1.5     # class popularity p_c ~ 1 / rank^s
+    zipf_exponent: float = 2.0     # class popularity p_c ~ 1 / rank^s
     template: str = "a photo of the {}."
     version: int = 1               # bump when the generator or the loss changes
 

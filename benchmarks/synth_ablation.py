@@ -1,0 +1,202 @@
+"""The SynthScenes ablation: CCD's components measured on the synthetic world, like the
+paper's ablation table, mean +- std over seeds.
+
+    python benchmarks/synth_ablation.py                      # 3 seeds, every setting
+    python benchmarks/synth_ablation.py --seeds 0 --settings global_only full_ccd
+
+Every setting is a real run of `pipeline.run_ccd` (the code path of jobs/run_ccd.py) on a
+local Ray instance, on a synthetic corpus made from the seed, with the pretrained synthetic
+teacher (trained once and cached; see ccd_ray/synth/pretrain.py). Run ids are
+`<setting>-seed<seed>` under --out, so rerunning the command resumes: finished runs are read
+back, not redone (--fresh starts over).
+
+A seed's settings share what no ablated knob touches: its first run computes round-0/raw
+(the teacher's global-view scores) and train-inputs (decoded, resized images), the others
+copy those committed stages when their inputs are identical (--no-reuse recomputes them), so
+the wall-time column of the later settings excludes those two stages.
+
+Columns: pseudo-label mAP / CF1 / OF1 on the training split (the last round's labels, at
+labels.threshold), classifier mAP on the held-out split, and the run's wall time. The
+zero-shot row is the teacher's global-view scores of the `global_only` runs (the teacher used
+as the classifier on the held-out split); the upper bound trains the same classifier on the
+same schedule with the corpus's ground truth."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ccd_ray.config import load_config  # noqa: E402
+from ccd_ray.embedded import (DEFAULT_CONFIG, TEACHER_SPEC, default_cache_dir,  # noqa: E402
+                              make_corpus)
+from ccd_ray.evaluate import FINAL_STAGE  # noqa: E402
+from ccd_ray.pipeline import run_ccd  # noqa: E402
+from ccd_ray.runtime import init_ray  # noqa: E402
+from ccd_ray.storage import RunStore, read_json  # noqa: E402
+from ccd_ray.synth.pretrain import pretrained_teacher  # noqa: E402
+from ccd_ray.synth.scenes import CLASS_NAMES  # noqa: E402
+
+# The world and schedule of every setting: global-view initial labels (no random crops, as
+# the paper's baseline and the authors' code), one relabel round after a 2-epoch warm-up.
+BASE = ["initial.random_crops=0", "relabel.rounds=1", "relabel.views_per_box=10",
+        "labels.gamma=1.0", "train.beta=1.0", "train.epochs=8", "train.warmup_epochs=2",
+        "train.image_size=96", "train.holdout_fraction=0.3", "train.lr=0.0003"]
+SETTINGS: dict[str, tuple[str, list[str]]] = {
+    "global_only": ("global-only labels -> classifier",
+                    ["relabel.rounds=0", "labels.gamma=0", "train.beta=0"]),
+    "cam_relabel": ("+ CAM-guided relabel", ["labels.gamma=0", "train.beta=0"]),
+    "debias": ("+ debias", ["train.beta=0"]),
+    "full_ccd": ("+ consistency (full CCD)", []),
+    "random_views": ("full CCD, random crops instead of CAM-guided",
+                     ["relabel.view_source=random"]),
+    "mean_pooling": ("full CCD, mean instead of max pooling", ["labels.aggregation=mean"]),
+    "one_view": ("full CCD, 1 local view per box (not 10)", ["relabel.views_per_box=1"]),
+    "supervised": ("supervised upper bound (ground truth, same schedule)",
+                   ["train.targets=ground_truth", "relabel.rounds=0"]),
+}
+
+
+# Stages that no ablated knob touches, with the config they depend on: a seed's later
+# settings copy them from its first run instead of recomputing the same bytes.
+SHARED_STAGES = {"round-0/raw": lambda c: (c.teacher, c.classes, c.initial, c.seed, c.data,
+                                           c.labels.aggregation),
+                 "train-inputs": lambda c: (c.data, c.seed, c.train.image_size,
+                                            c.train.holdout_fraction)}
+
+
+def setting_config(name: str, seed: int, corpus: Path, teacher: str, out: Path):
+    return load_config(DEFAULT_CONFIG, [*BASE, *SETTINGS[name][1], f"seed={seed}",
+                                        f"run_id={name}-seed{seed}", f"data.output_uri={out}",
+                                        f"data.corpus_uri={corpus}", f"teacher.model={teacher}",
+                                        f"classes.names={list(CLASS_NAMES)}"])
+
+
+def reuse_shared_stages(cfg, donor_cfg, out: Path) -> list[str]:
+    """Copy the donor run's committed shared stages whose inputs are the same as cfg's."""
+    copied = []
+    for stage, depends_on in SHARED_STAGES.items():
+        source, target = out / donor_cfg.run_id / stage, out / cfg.run_id / stage
+        if (depends_on(cfg) == depends_on(donor_cfg) and (source / "_COMMITTED.json").exists()
+                and not (target / "_COMMITTED.json").exists()):
+            shutil.rmtree(target, ignore_errors=True)
+            shutil.copytree(source, target)
+            copied.append(stage)
+    return copied
+
+
+def run_setting(cfg) -> dict:
+    """Run (or resume) one setting on one seed; return its metrics and wall time."""
+    store = RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
+    timing = store.path("ablation_seconds.json")
+    if store.committed(FINAL_STAGE) is None:
+        started = time.time()
+        run_ccd(cfg)
+        Path(timing).write_text(json.dumps({"seconds": time.time() - started}))
+    metrics = read_json(store.fs, f"{store.committed(FINAL_STAGE)}/metrics.json")
+    seconds = json.loads(Path(timing).read_text())["seconds"] if Path(timing).exists() else None
+    return {"metrics": metrics, "seconds": seconds}
+
+
+def rows_of(results: dict[str, dict[int, dict]]) -> list[tuple[str, dict[str, list[float]]]]:
+    """Table rows: (label, column -> values over seeds)."""
+    def column(runs: dict[int, dict], pick) -> list[float]:
+        return [v for v in (pick(r) for r in runs.values()) if v is not None]
+
+    rows = []
+    if "global_only" in results:
+        runs = results["global_only"]
+        rows.append(("teacher zero-shot (global view)", {
+            "pseudo mAP": column(runs, lambda r: r["metrics"]["teacher_before_debias"]["mAP"]),
+            "pseudo CF1": column(runs, lambda r: r["metrics"]["teacher_before_debias"]["CF1"]),
+            "pseudo OF1": column(runs, lambda r: r["metrics"]["teacher_before_debias"]["OF1"]),
+            "classifier mAP": column(runs, lambda r: r["metrics"]["teacher_holdout"]["mAP"])}))
+    for name, (label, _) in SETTINGS.items():
+        if name not in results:
+            continue
+        runs = results[name]
+        pseudo = name != "supervised"
+        rows.append((label, {
+            "pseudo mAP": column(runs, lambda r: r["metrics"]["rounds"][-1]["mAP"]
+                                 if pseudo else None),
+            "pseudo CF1": column(runs, lambda r: r["metrics"]["rounds"][-1]["CF1"]
+                                 if pseudo else None),
+            "pseudo OF1": column(runs, lambda r: r["metrics"]["rounds"][-1]["OF1"]
+                                 if pseudo else None),
+            "classifier mAP": column(runs, lambda r: r["metrics"]["classifier_holdout"]["mAP"]),
+            "wall s": column(runs, lambda r: r["seconds"])}))
+    return rows
+
+
+def markdown_table(rows, seeds: list[int]) -> str:
+    columns = ["pseudo mAP", "pseudo CF1", "pseudo OF1", "classifier mAP", "wall s"]
+    lines = [f"| setting ({len(seeds)} seeds: mean +- std) | " + " | ".join(columns) + " |",
+             "|---" * (len(columns) + 1) + "|"]
+    for label, values in rows:
+        cells = []
+        for c in columns:
+            v = values.get(c, [])
+            if not v:
+                cells.append("-")
+            elif c == "wall s":
+                cells.append(f"{np.mean(v):.0f}")
+            else:
+                cells.append(f"{np.mean(v):.1f} +- {np.std(v):.1f}")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
+    parser.add_argument("--images", type=int, default=400, help="scenes per seed's corpus")
+    parser.add_argument("--out", default="outputs/ablation")
+    parser.add_argument("--fresh", action="store_true", help="delete --out first")
+    parser.add_argument("--no-reuse", action="store_true",
+                        help="recompute round-0/raw and train-inputs in every run")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore", message="No pretrained weights")
+    out = Path(args.out).resolve()
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = pretrained_teacher(default_cache_dir(), TEACHER_SPEC)
+    init_ray()
+    results: dict[str, dict[int, dict]] = {}
+    started = time.time()
+    for seed in args.seeds:
+        corpus = out / f"corpus-{args.images}-seed{seed}"
+        if not corpus.is_dir():
+            make_corpus(corpus, images=args.images, seed=1000 + seed)
+        donor = None
+        for name in args.settings:
+            cfg = setting_config(name, seed, corpus, teacher, out)
+            if donor is not None and not args.no_reuse:
+                copied = reuse_shared_stages(cfg, donor, out)
+                if copied:
+                    print(f"[ablation] {cfg.run_id}: reusing {copied} of {donor.run_id}")
+            donor = donor or cfg
+            result = run_setting(cfg)
+            results.setdefault(name, {})[seed] = result
+            holdout = result["metrics"]["classifier_holdout"]["mAP"]
+            print(f"[ablation] {name} seed {seed}: classifier mAP {holdout:.1f} "
+                  f"({result['seconds'] or 0:.0f} s; {time.time() - started:.0f} s so far)",
+                  flush=True)
+    table = markdown_table(rows_of(results), args.seeds)
+    (out / "ablation.md").write_text(table + "\n")
+    (out / "ablation.json").write_text(json.dumps(
+        {name: {str(s): r for s, r in runs.items()} for name, runs in results.items()}, indent=2))
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
