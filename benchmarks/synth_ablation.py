@@ -48,8 +48,9 @@ from ccd_ray.synth.scenes import CLASS_NAMES  # noqa: E402
 # The world and schedule of every setting: global-view initial labels (no random crops, as
 # the paper's baseline and the authors' code), one relabel round after a 2-epoch warm-up.
 BASE = ["initial.random_crops=0", "relabel.rounds=1", "relabel.views_per_box=10",
-        "labels.gamma=1.0", "train.beta=1.0", "train.epochs=8", "train.warmup_epochs=2",
-        "train.image_size=96", "train.holdout_fraction=0.3", "train.lr=0.0003"]
+        "labels.gamma=1.0", "train.beta=1.0", "train.epochs=6", "train.warmup_epochs=2",
+        "train.image_size=96", "train.holdout_fraction=0.3", "train.lr=0.0003",
+        "compute.cpus_per_worker=2"]
 SETTINGS: dict[str, tuple[str, list[str]]] = {
     "global_only": ("global-only labels -> classifier",
                     ["relabel.rounds=0", "labels.gamma=0", "train.beta=0"]),
@@ -158,7 +159,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS))
-    parser.add_argument("--images", type=int, default=400, help="scenes per seed's corpus")
+    parser.add_argument("--images", type=int, default=300, help="scenes per seed's corpus")
     parser.add_argument("--out", default="outputs/ablation")
     parser.add_argument("--fresh", action="store_true", help="delete --out first")
     parser.add_argument("--no-reuse", action="store_true",
