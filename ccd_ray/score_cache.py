@@ -19,24 +19,25 @@ from __future__ import annotations
 import hashlib
 import json
 import posixpath
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import ray
+import torch
 
 from ccd_ray.actors import CamBoxer
 from ccd_ray.config import CCDConfig
-from ccd_ray.labeling import _write_raw_stage, actor_pool_args, corpus_rows
+from ccd_ray.labeling import TooManyErrors, actor_pool_args, corpus_rows
 from ccd_ray.labels import aggregate_views
-from ccd_ray.storage import RunStore, filesystem_for
+from ccd_ray.storage import RunStore, write_json
 from ccd_ray.teacher import LOCAL_DIR_PREFIX
 from ccd_ray.view_actors import GuidedViewScorer, InitialViewScorer
 
 CACHE_FOLDER = "score-cache"
-KEY_FILE = "key.json"
+KEY_FILE = "_key.json"  # "_": skipped by Parquet dataset discovery
 
 
 def _file_digest(path: Path) -> str:
@@ -103,20 +104,39 @@ def stage_name(key: dict[str, Any]) -> str:
     return f"{key['kind']}-{key_hash(key)}"
 
 
+def _counts(table) -> dict[str, Any]:
+    errors = [e for e in table.column("error").to_pylist() if e]
+    reasons: dict[str, int] = {}
+    for e in errors:
+        reasons[e.split(":")[0]] = reasons.get(e.split(":")[0], 0) + 1
+    return {"images": table.num_rows, "errors": len(errors),
+            "labeled": table.num_rows - len(errors), "errors_by_reason": reasons,
+            "teacher_passes": int(pc.sum(table.column("teacher_passes")).as_py() or 0)}
+
+
 def _score_into_cache(cfg: CCDConfig, store: RunStore, key: dict[str, Any], rows_fn
                       ) -> tuple[str, int]:
-    """(committed entry folder, teacher forward passes run now: 0 on a hit)."""
+    """(committed entry folder, teacher forward passes run now: 0 on a hit). The counts are
+    read back from two small columns on the driver; the error-fraction rule is the labeling
+    stages' (nothing is committed when too many images fail)."""
     stage = stage_name(key)
     if store.committed(stage) is not None:
         return store.committed(stage), 0
-    info = _write_raw_stage(cfg, store, stage, rows_fn())
-    folder = store.committed(stage)
-    passes = int(pc.sum(pads.dataset(folder, filesystem=store.fs, format="parquet")
-                        .to_table(columns=["teacher_passes"]).column("teacher_passes")).as_py()
-                 or 0)
-    # the marker is rewritten with the work it cost (the entry is already visible and complete)
-    store.commit(stage, folder, {**info, "teacher_passes": passes, "key": key})
-    return folder, passes
+    started = time.time()
+    attempt = store.begin(stage)
+    rows_fn().write_parquet(attempt, filesystem=store.fs)
+    counts = _counts(pads.dataset(attempt, filesystem=store.fs, format="parquet")
+                     .to_table(columns=["error", "teacher_passes"]))
+    fraction = counts["errors"] / max(counts["images"], 1)
+    if counts["labeled"] == 0 or fraction > cfg.data.max_error_fraction:
+        raise TooManyErrors(
+            f"score cache {stage}: {counts['errors']} of {counts['images']} images failed "
+            f"(data.max_error_fraction={cfg.data.max_error_fraction}); reasons: "
+            f"{counts['errors_by_reason']}. Nothing was committed.")
+    write_json(store.fs, posixpath.join(attempt, KEY_FILE), key)
+    store.commit(stage, attempt, {**counts, "seconds": round(time.time() - started, 2),
+                                  "key": key})
+    return attempt, counts["teacher_passes"]
 
 
 def initial_view_scores(cfg: CCDConfig, store: RunStore | None = None) -> tuple[str, int]:
@@ -152,21 +172,9 @@ def read_pooled(fs, folder: str, num_classes: int, how: str) -> tuple[list[str],
         columns=["image_id", "view_scores", "views", "error"])
     table = table.filter(pc.is_null(table.column("error")))
     ids = table.column("image_id").to_pylist()
-    import torch
-
     pooled = [aggregate_views(torch.from_numpy(np.asarray(s, dtype=np.float32)
                                                .reshape(v, num_classes)), how).numpy()
               for s, v in zip(table.column("view_scores").to_pylist(),
                               table.column("views").to_pylist())]
     matrix = np.stack(pooled) if pooled else np.zeros((0, num_classes), np.float32)
     return ids, matrix
-
-
-def passes_recorded(store: RunStore, folder: str) -> int:
-    """Teacher forward passes an entry cost when it was computed."""
-    return int(store.marker(posixpath.dirname(posixpath.relpath(folder, store.root)))
-               .get("teacher_passes", 0))
-
-
-def filesystem(cfg: CCDConfig):
-    return filesystem_for(cfg.data.output_uri, cfg.data)[0]

@@ -110,13 +110,16 @@ def _trainable(config: dict[str, Any], data: TrialData, context: dict[str, Any])
 
     def report(metrics: dict[str, Any]) -> None:
         history.append(metrics)
+        if metrics["epoch"] == cfg.train.epochs - 1:
+            # committed before the last report: ASHA stops a trial at its last epoch (max_t)
+            # inside that report, so nothing after it would run
+            attempt = store.begin(stage)
+            write_json(store.fs, posixpath.join(attempt, "result.json"),
+                       {"params": params, "final": metrics, "history": history})
+            store.commit(stage, attempt, {"objective": metrics["objective"]})
         tune.report({**metrics, "trial_key": key, "reused": False})
 
-    final = run_trial(cfg, data, source, report, context["objective"])
-    attempt = store.begin(stage)
-    write_json(store.fs, posixpath.join(attempt, "result.json"),
-               {"params": params, "final": final, "history": history})
-    store.commit(stage, attempt, {"objective": final["objective"]})
+    run_trial(cfg, data, source, report, context["objective"])
 
 
 def _tuner(cfg: CCDConfig, spec: SweepSpec, store: RunStore, data: TrialData, objective: str
@@ -160,6 +163,8 @@ def _rows(results: tune.ResultGrid, spec: SweepSpec, store: RunStore) -> list[di
         status = "completed" if committed else ("error" if result.error else "stopped")
         row = {"trial": key, **params, "status": status}
         row.update({k: metrics.get(k) for k in sweep_report.TABLE_METRICS if k != "status"})
+        if result.error:
+            row["error"] = f"{type(result.error).__name__}: {result.error}"[:500]
         rows.append(row)
     return sorted(rows, key=lambda r: r["trial"])
 
@@ -194,7 +199,9 @@ def run_sweep(cfg: CCDConfig, spec: SweepSpec) -> SweepOutcome:
         warnings.warn(sweep_report.PROXY_WARNING, stacklevel=2)
         log("WARNING: " + sweep_report.PROXY_WARNING)
     data, facts = prepare(cfg, spec, store, log)
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no CSV/TB per trial
+    # Tune's own progress tables would repeat every trial's metrics on every report; the
+    # summary has them. Legacy output at verbose=0 prints nothing (read when fit() starts).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     results = _tuner(cfg, spec, store, data, objective).fit()
     rows = _rows(results, spec, store)
     facts = {**facts, "seconds": round(time.time() - started, 2),
