@@ -122,6 +122,10 @@ class BaseScores:
     def teacher_passes(self) -> int:
         return self.passes
 
+    @property
+    def teacher_seconds(self) -> float:
+        return 0.0  # the base's scoring runs in Ray Data actors; its stages time themselves
+
 
 def decode_corpus(cfg: CCDConfig) -> dict[str, torch.Tensor]:
     """Every decodable image of the corpus, in this process (for in-process scoring only)."""

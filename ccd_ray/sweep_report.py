@@ -20,7 +20,7 @@ PROXY_WARNING = ("objective is proxy_mAP, a PROXY: the classifier's mAP against 
                  "rewards agreeing with the teacher; label a few hundred images "
                  "(sweep.validation.labels_uri) for a real objective.")
 TABLE_METRICS = ["objective", "val_mAP", "proxy_mAP", "epoch", "teacher_forward_passes",
-                 "seconds", "status"]
+                 "teacher_seconds", "seconds", "status"]
 
 
 def trial_columns(spec: SweepSpec) -> list[str]:

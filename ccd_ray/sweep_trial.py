@@ -57,6 +57,10 @@ class ScoreSource(Protocol):
     def teacher_passes(self) -> int:
         """Teacher forward passes this source ran in this process."""
 
+    @property
+    def teacher_seconds(self) -> float:
+        """Wall time this source spent scoring views (crops + teacher) in this process."""
+
 
 class CachedScores:
     """Scores computed once for the base config: the trial's classifier is not consulted, so
@@ -74,6 +78,10 @@ class CachedScores:
     def teacher_passes(self) -> int:
         return 0
 
+    @property
+    def teacher_seconds(self) -> float:
+        return 0.0
+
 
 class InProcessScores:
     """A teacher in this process scoring every view itself: exact for every parameter value,
@@ -83,20 +91,30 @@ class InProcessScores:
         if data.images is None:
             raise ValueError("decoded images are missing from the trial data")
         self.data = data
+        started = time.time()
         self.teacher = teacher_factory()
+        self.seconds = time.time() - started  # loading the teacher is part of its cost
 
     def raw(self, cfg: CCDConfig, round_index: int, model: CAMClassifier | None) -> np.ndarray:
         images, ids = self.data.images, self.data.ids
+        started = time.time()
         if round_index == 0:
-            return initial_scores(self.teacher, images, ids, cfg).numpy()
-        probs, cams = classifier_outputs(model, images, cfg.train.image_size)
-        threshold = selection_threshold(cfg, model, self.data.train_pixels)
-        boxes = relabel_boxes(probs, cams, images, ids, threshold, round_index, cfg)
-        return score_boxes(self.teacher, images, boxes, cfg).numpy()
+            scores = initial_scores(self.teacher, images, ids, cfg).numpy()
+        else:
+            probs, cams = classifier_outputs(model, images, cfg.train.image_size)
+            threshold = selection_threshold(cfg, model, self.data.train_pixels)
+            boxes = relabel_boxes(probs, cams, images, ids, threshold, round_index, cfg)
+            scores = score_boxes(self.teacher, images, boxes, cfg).numpy()
+        self.seconds += time.time() - started
+        return scores
 
     @property
     def teacher_passes(self) -> int:
         return self.teacher.forward_passes
+
+    @property
+    def teacher_seconds(self) -> float:
+        return self.seconds
 
 
 @torch.no_grad()
@@ -194,6 +212,7 @@ def run_trial(cfg: CCDConfig, data: TrialData, source: ScoreSource, report: Repo
             last = {"epoch": epoch, "labels_round": segment.labels_round, **losses, **metrics,
                     "objective": metrics[objective],
                     "teacher_forward_passes": source.teacher_passes,
+                    "teacher_seconds": round(source.teacher_seconds, 2),
                     "seconds": round(time.time() - started, 2)}
             report(last)
     return last
