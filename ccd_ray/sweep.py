@@ -199,10 +199,13 @@ def run_sweep(cfg: CCDConfig, spec: SweepSpec) -> SweepOutcome:
         warnings.warn(sweep_report.PROXY_WARNING, stacklevel=2)
         log("WARNING: " + sweep_report.PROXY_WARNING)
     data, facts = prepare(cfg, spec, store, log)
+    facts["base_seconds"] = round(time.time() - started, 2)  # inputs + base scores, if any
     # Tune's own progress tables would repeat every trial's metrics on every report; the
     # summary has them. Legacy output at verbose=0 prints nothing (read when fit() starts).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    tune_started = time.time()
     results = _tuner(cfg, spec, store, data, objective).fit()
+    facts["tune_seconds"] = round(time.time() - tune_started, 2)
     rows = _rows(results, spec, store)
     facts = {**facts, "seconds": round(time.time() - started, 2),
              "trial_teacher_forward_passes": sum(r.get("teacher_forward_passes") or 0

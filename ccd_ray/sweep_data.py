@@ -86,7 +86,7 @@ class BaseScores:
         self.memo: dict[int, np.ndarray] = {}
 
     def _entry(self, cfg: CCDConfig, round_index: int, model: CAMClassifier | None) -> str:
-        stage = posixpath.join(BASE, f"round-{round_index}")
+        stage = f"round-{round_index}"  # in the base store: <sweep>/base/round-R
         if self.store.committed(stage) is not None:
             entry = self.store.marker(stage)["cache_entry"]
             if self.cache.committed(entry) is not None:
@@ -197,7 +197,7 @@ def prepare(cfg: CCDConfig, spec: SweepSpec, store: RunStore,
         result = run_trial(cfg, data, base_scores, lambda metrics: None, "proxy_mAP",
                            stop_at_round=cfg.relabel.rounds)
         data.raw = result["raw"]
-        entries = {r: base_store.marker(posixpath.join(BASE, f"round-{r}"))
+        entries = {r: base_store.marker(f"round-{r}")
                    for r in range(cfg.relabel.rounds + 1)}
         facts["base_rounds"] = {str(r): {"cache_entry": m["cache_entry"],
                                          "teacher_passes_when_computed": m["teacher_passes"]}

@@ -142,10 +142,13 @@ def classifier_bytes(model: CAMClassifier, cfg: CCDConfig) -> bytes:
 
 
 def proxy_targets(raw_last: np.ndarray, rows: np.ndarray, threshold: float) -> np.ndarray:
-    """The teacher's verdict on the proxy images: its pooled scores of the last round's
-    (box-guided) views at the label threshold, before any debias or fusion, so the target
-    does not move with the swept alpha and gamma."""
-    return (raw_last[rows] >= threshold).astype(np.int8)
+    """The teacher's verdict on the proxy images: the classes its pooled scores of the last
+    round's (box-guided) views put at or above the label threshold, and always its top class
+    (a softmax teacher may put no class above 0.5, which would leave no positive to rank).
+    Taken before any debias or fusion, so the target does not move with alpha and gamma."""
+    scores = raw_last[rows]
+    top = scores == scores.max(axis=1, keepdims=True)
+    return ((scores >= threshold) | top).astype(np.int8)
 
 
 def objective_metrics(model: CAMClassifier, data: TrialData, targets: np.ndarray

@@ -76,3 +76,35 @@ def test_apply_params_and_trial_keys(make_config):
     key = trial_key({"alpha": 0.3, "gamma": 2.0})
     assert key == trial_key({"gamma": 2, "alpha": 0.3}) != trial_key({"alpha": 0.3, "gamma": 1})
     assert key.startswith("alpha=0.3_gamma=2_") and "/" not in key
+
+
+def test_concurrency_fits_the_cluster(make_config):
+    from ccd_ray.sweep import fitted_concurrency
+
+    base = make_config()
+    spec = parse_sweep_spec({"params": {"alpha": [0.1, 0.2, 0.3], "gamma": [0.5, 1.0, 2.0]},
+                             "cpus_per_trial": 2}, base)
+    assert fitted_concurrency(spec, {"CPU": 16.0}) == 8
+    assert fitted_concurrency(spec, {"CPU": 64.0}) == 9  # never more than the trials
+    assert fitted_concurrency(spec, {"CPU": 1.0}) == 1
+    gpu = parse_sweep_spec({"params": {"alpha": [0.1, 0.2, 0.3]}, "gpus_per_trial": 0.5,
+                            "max_concurrent_trials": 2}, base)
+    assert fitted_concurrency(gpu, {"CPU": 16.0, "GPU": 4.0}) == 2  # capped by the spec
+    ranged = parse_sweep_spec({"params": {"beta": {"low": 0.1, "high": 10, "log": True}},
+                               "num_samples": 5}, base)
+    assert fitted_concurrency(ranged, {"CPU": 8.0, "GPU": 0.0}) == 5
+
+
+def test_param_space_uses_grids_and_distributions(make_config):
+    from ray import tune
+
+    from ccd_ray.sweep import param_space
+
+    spec = parse_sweep_spec({"params": {"alpha": [0.1, 0.2],
+                                        "beta": {"low": 0.1, "high": 10, "log": True},
+                                        "gamma": {"low": 0.5, "high": 2}}}, make_config())
+    space = param_space(spec)
+    assert space["alpha"] == tune.grid_search([0.1, 0.2])
+    assert (space["beta"].lower, space["beta"].upper) == (0.1, 10.0)
+    assert type(space["beta"].get_sampler()).__name__ == "_LogUniform"
+    assert type(space["gamma"].get_sampler()).__name__ == "_Uniform"
