@@ -118,3 +118,31 @@ def test_a_changed_spec_under_the_same_sweep_id_is_refused(first_run, sweep_cfg)
     spec = parse_sweep_spec({**SPEC, "params": {"alpha": [0.3]}}, sweep_cfg)
     with pytest.raises(ConfigError, match="already exists with different settings"):
         run_sweep(sweep_cfg, spec)
+
+
+def test_lost_tune_state_reuses_committed_trials(first_run, sweep_cfg):
+    """Tune's experiment gone and one trial's result lost (as after a crash mid-sweep): the
+    rerun starts a new experiment, trains the lost trial again and reports the others'
+    committed results unchanged."""
+    from ccd_ray.sweep import run_sweep
+
+    store = first_run.outcome.store
+    committed = sorted({p.split("/")[1] for p in first_run.trials})
+    assert committed, "no trial of the first run was committed"
+    lost = committed[0]
+    store.fs.delete_dir(store.path("tune"))
+    store.fs.delete_dir(store.path("trials", lost))
+    outcome = run_sweep(sweep_cfg, first_run.spec)
+    after = tree(store.fs, store.root, "trials")
+
+    def without_lost(files):
+        return {p: size for p, size in files.items() if not p.startswith(f"trials/{lost}/")}
+
+    assert without_lost(after) == without_lost(first_run.trials)  # not redone
+    rows = {t["trial"]: t for t in outcome.summary["trials"]}
+    assert len(rows) == 4 and rows[lost]["status"] in ("completed", "stopped")
+    if rows[lost]["status"] == "completed":  # seeded: the retrained trial gives the same result
+        assert any(p.startswith(f"trials/{lost}/") for p in after)
+        before = {t["trial"]: t for t in first_run.outcome.summary["trials"]}
+        assert rows[lost]["objective"] == pytest.approx(before[lost]["objective"])
+    assert outcome.summary["base_teacher_passes_this_run"] == 0
