@@ -7,6 +7,8 @@ the mean over the classes that have positives. The authors' code scores such a c
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
@@ -67,19 +69,32 @@ def f1_scores(scores: np.ndarray, targets: np.ndarray, threshold: float) -> dict
             "OP": float(op), "OR": float(orc), "OF1": f1(op, orc)}
 
 
-def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's rank correlation (ties get their mean rank); NaN when either is constant."""
-    def ranks(values: np.ndarray) -> np.ndarray:
-        values = np.asarray(values, dtype=np.float64)
-        order = np.argsort(values, kind="mergesort")
-        rank = np.empty(len(values))
-        rank[order] = np.arange(len(values), dtype=np.float64)
-        for value in np.unique(values):  # ties share their mean rank
-            tied = values == value
-            rank[tied] = rank[tied].mean()
-        return rank
+def ranks(values: list[float] | np.ndarray) -> np.ndarray:
+    """1-based ranks, ties getting the mean of the ranks they span (as Spearman needs)."""
+    values = np.asarray(values, dtype=np.float64)
+    order = np.argsort(values, kind="mergesort")
+    result = np.empty(len(values), dtype=np.float64)
+    sorted_values = values[order]
+    start = 0
+    while start < len(values):
+        end = start
+        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
+            end += 1
+        result[order[start:end + 1]] = (start + end) / 2 + 1
+        start = end + 1
+    return result
 
-    ra, rb = ranks(a), ranks(b)
-    if len(ra) < 2 or ra.std() == 0 or rb.std() == 0:
+
+def spearman(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> float:
+    """Spearman's rank correlation (Pearson correlation of the tie-averaged ranks); NaN when
+    fewer than two pairs or either side is constant, where it is undefined."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape:
+        raise ValueError(f"spearman: {x.shape} and {y.shape} values")
+    keep = np.isfinite(x) & np.isfinite(y)
+    x, y = x[keep], y[keep]
+    if len(x) < 2:
         return float("nan")
-    return float(np.corrcoef(ra, rb)[0, 1])
+    rx, ry = ranks(x) - (len(x) + 1) / 2, ranks(y) - (len(y) + 1) / 2
+    denominator = math.sqrt(float((rx ** 2).sum() * (ry ** 2).sum()))
+    return float((rx * ry).sum() / denominator) if denominator > 0 else float("nan")

@@ -16,7 +16,7 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
+    if address and address != "local":
         ray.init(address=address)
     else:
         ray.init(address="local", num_cpus=max(4, 2 * (os.cpu_count() or 1)),

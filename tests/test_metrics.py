@@ -135,13 +135,3 @@ def test_f1_scores_asymmetric_and_edge_cases():
         empty = f1_scores(np.zeros((3, 2)), np.zeros((3, 2)), 0.5)
     assert all(v == 0.0 for v in empty.values())
 
-
-def test_rank_correlation_matches_pearson_of_ranks_with_ties():
-    from ccd_ray.metrics import rank_correlation
-
-    assert rank_correlation(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])) == pytest.approx(1)
-    assert rank_correlation(np.array([1, 2, 3, 4]), np.array([4, 3, 2, 1])) == pytest.approx(-1)
-    # ties: ranks of [1, 1, 2] are [0.5, 0.5, 2]; of [3, 1, 2] are [2, 0, 1]
-    expected = np.corrcoef([0.5, 0.5, 2], [2, 0, 1])[0, 1]
-    assert rank_correlation(np.array([1, 1, 2]), np.array([3, 1, 2])) == pytest.approx(expected)
-    assert np.isnan(rank_correlation(np.array([1, 1, 1]), np.array([1, 2, 3])))

@@ -16,7 +16,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from ccd_ray.metrics import mean_average_precision, rank_correlation
+from ccd_ray.metrics import mean_average_precision, spearman
 from ccd_ray.synth.scenes import Scene
 from ccd_ray.teacher import Teacher
 from ccd_ray.views import box_guided_boxes, crop_views, global_box
@@ -91,9 +91,9 @@ def class_bias(scenes: list[Scene], class_names: list[str], global_scores: np.nd
                      "top1_when_present": float(hits[c]),
                      "mean_score": float(global_scores[:, c].mean())}
                     for c in range(count)],
-        "rank_corr_top1_rate_vs_popularity": rank_correlation(top1_rate / np.maximum(
+        "rank_corr_top1_rate_vs_popularity": spearman(top1_rate / np.maximum(
             true_rate, 1e-9), pretrain_popularity),
-        "rank_corr_mean_score_vs_popularity": rank_correlation(global_scores.mean(axis=0),
+        "rank_corr_mean_score_vs_popularity": spearman(global_scores.mean(axis=0),
                                                                pretrain_popularity),
     }
 

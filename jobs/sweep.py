@@ -1,0 +1,103 @@
+"""Sweep CCD's alpha, gamma and beta with Ray Tune, reusing cached CLIP scores.
+
+    python jobs/sweep.py --grid alpha=0.2,0.4,0.6 --grid gamma=0.5,1,2      # embedded default
+    python jobs/sweep.py --config voc.yaml --sweep sweep.yaml --validation-labels s3://b/val.json
+    ray job submit --working-dir . -- python jobs/sweep.py --config voc.yaml --sweep sweep.yaml
+
+The sweep YAML holds `params` (a list = grid, {low, high[, log]} = range) and the optional
+keys of ccd_ray/sweep_spec.py; --grid/--range/--sweep-id flags override it. Rerunning the same
+sweep id resumes it. Outputs: <output_uri>/<sweep_id>/summary/ (summary.md, trials.csv,
+objective_vs_params.png, best-config.yaml)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or working dir
+
+from ccd_ray.config import ConfigError, load_config  # noqa: E402
+from ccd_ray.embedded import DEFAULT_CONFIG, embedded_defaults  # noqa: E402
+from ccd_ray.runtime import init_ray  # noqa: E402
+from ccd_ray.sweep_spec import parse_flag, parse_sweep_spec  # noqa: E402
+
+EMBEDDED_WORKDIR = Path("outputs") / "_embedded"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="CCD config YAML, the sweep's base (default: embedded)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a base config key (repeatable)")
+    parser.add_argument("--sweep", help="sweep spec YAML (params, num_samples, ...)")
+    parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
+                        help="grid of a parameter, e.g. --grid alpha=0.2,0.4 (repeatable)")
+    parser.add_argument("--range", action="append", default=[], metavar="NAME=LOW:HIGH[:log]",
+                        help="sampled range of a parameter, e.g. --range beta=0.1:10:log")
+    parser.add_argument("--num-samples", type=int, help="samples per range")
+    parser.add_argument("--sweep-id", help="names the sweep; the same id resumes it")
+    parser.add_argument("--validation-labels", metavar="URI",
+                        help="JSON {image_id: [class names]} of a labeled validation subset")
+    parser.add_argument("--validation-from-corpus", type=int, metavar="N",
+                        help="use the corpus's ground truth of N held-out images as the labeled "
+                        "subset (benchmarks on labeled corpora)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="every trial runs CLIP itself (the naive sweep; for comparison)")
+    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else local)")
+    return parser.parse_args(argv)
+
+
+def spec_data(args: argparse.Namespace) -> dict:
+    data: dict = {}
+    if args.sweep:
+        try:
+            data = yaml.safe_load(Path(args.sweep).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"sweep file not found: {args.sweep}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"sweep file {args.sweep} must hold a mapping")
+    params = dict(data.get("params") or {})
+    for kind in ("grid", "range"):
+        for item in getattr(args, kind):
+            name, value = parse_flag(item, kind)
+            params[name] = value
+    data["params"] = params
+    if args.num_samples is not None:
+        data["num_samples"] = args.num_samples
+    if args.sweep_id:
+        data["sweep_id"] = args.sweep_id
+    validation = dict(data.get("validation") or {})
+    if args.validation_labels:
+        validation["labels_uri"] = args.validation_labels
+    if args.validation_from_corpus is not None:
+        validation["from_corpus"] = args.validation_from_corpus
+    data["validation"] = validation
+    if args.no_cache:
+        data["cache"] = False
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    embedded = args.config is None and not any(o.startswith("data.corpus_uri=") for o in args.set)
+    try:
+        base = embedded_defaults(EMBEDDED_WORKDIR) if embedded else None
+        cfg = load_config(args.config or DEFAULT_CONFIG, args.set, base=base)
+        spec = parse_sweep_spec(spec_data(args), cfg)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    from ccd_ray.sweep import run_sweep
+
+    init_ray(args.address)
+    outcome = run_sweep(cfg, spec)
+    print(f"summary: {outcome.summary_folder}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
