@@ -22,7 +22,9 @@ ViT, 128 px input, ~50 views/s on one busy CPU core) with random weights, so mAP
 chance and the rank correlations say little about a real teacher. It is ~40x cheaper per view
 than ViT-B-32 and several hundred times cheaper than the paper's RN50x64 at 448 px: the
 cache's gain grows with the teacher's cost. --model takes any open_clip architecture (random
-weights, nothing downloaded), e.g. ccd-tiny-vit (almost free) or ViT-B-32 (slow here).
+weights, nothing downloaded), e.g. ccd-tiny-vit (almost free) or ViT-B-32 (slow here);
+`--model synth-pretrained` uses the SynthScenes teacher (ccd_ray/synth/pretrain.py), whose
+scores mean something, for the proxy-vs-labeled rank correlation.
 Ray: ray.init(address="local", num_cpus=4).
 
 Usage:
@@ -45,6 +47,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ALPHAS, GAMMAS = [0.2, 0.4, 0.6], [0.5, 1.0, 2.0]
+PRETRAINED = "synth-pretrained"
 
 
 def parse_args(argv):
@@ -56,7 +59,9 @@ def parse_args(argv):
     p.add_argument("--views-per-box", type=int, default=10,
                    help="relabel.views_per_box (paper: ~10)")
     p.add_argument("--epochs", type=int, default=2, help="train.epochs (warm-up 1)")
-    p.add_argument("--model", default="ccd-small-vit", help="open_clip architecture")
+    p.add_argument("--model", default="ccd-small-vit",
+                   help=f"open_clip architecture (random weights), or {PRETRAINED!r}: the "
+                   "embedded default's pretrained teacher (a real proxy-vs-labeled ranking)")
     p.add_argument("--workdir", help="keep the corpus and outputs here (default: a temp dir)")
     p.add_argument("--json", help="also write the results here")
     return p.parse_args(argv)
@@ -77,11 +82,17 @@ def prepare(workdir: Path, args) -> dict:
     corpus = workdir / "corpus"
     write_shards(synthetic_records(args.images, 21, args.image_size, 3), pafs.LocalFileSystem(),
                  str(corpus), 16)
-    torch.manual_seed(21)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model, _, _, _ = load_clip(TeacherConfig(model=args.model, pretrained=None))
-    teacher = save_local_dir(model, args.model, workdir / "teacher")
+    if args.model == PRETRAINED:
+        from ccd_ray.embedded import TEACHER_SPEC, default_cache_dir
+        from ccd_ray.synth.pretrain import pretrained_teacher
+
+        teacher = pretrained_teacher(default_cache_dir(), TEACHER_SPEC)
+    else:
+        torch.manual_seed(21)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model, _, _, _ = load_clip(TeacherConfig(model=args.model, pretrained=None))
+        teacher = save_local_dir(model, args.model, workdir / "teacher")
     return {"classes": {"names": list(CLASS_NAMES)}, "teacher": {"model": teacher},
             "data": {"corpus_uri": str(corpus)}}
 
