@@ -152,7 +152,8 @@ def main(argv=None) -> int:
     rho_exact = spearman([a for a, _ in paired], [b for _, b in paired])
     print()
     print(f"9-trial sweep, alpha in {ALPHAS} x gamma in {GAMMAS}; {args.images} scenes of "
-          f"{args.image_size} px, teacher {args.model} (random weights), {1 + args.crops} "
+          f"{args.image_size} px, teacher {args.model}"
+          f"{'' if args.model == PRETRAINED else ' (random weights)'}, {1 + args.crops} "
           f"round-0 views per image, {args.views_per_box} views per CAM box, "
           f"{args.epochs} epochs, ray.init(num_cpus=4) on {os.cpu_count()} cores")
     print()
