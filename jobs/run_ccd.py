@@ -14,32 +14,25 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or working dir
 
-from ccd_ray.config import ConfigError, load_config  # noqa: E402
-from ccd_ray.embedded import DEFAULT_CONFIG, embedded_defaults  # noqa: E402
+from ccd_ray.cli import add_config_arguments, job_config  # noqa: E402
+from ccd_ray.config import ConfigError  # noqa: E402
 from ccd_ray.pipeline import run_ccd  # noqa: E402
 from ccd_ray.runtime import init_ray  # noqa: E402
-
-EMBEDDED_WORKDIR = Path("outputs") / "_embedded"  # synthetic corpus and teacher, made once
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="YAML config (default: the embedded default's)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set labels.gamma=0.5 (repeatable)")
+    add_config_arguments(parser)
     parser.add_argument("--run-id", help="names the run; the same id resumes it")
-    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else local)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     overrides = args.set + ([f"run_id={args.run_id}"] if args.run_id else [])
-    embedded = args.config is None and not any(o.startswith("data.corpus_uri=") for o in args.set)
     try:
-        base = embedded_defaults(EMBEDDED_WORKDIR) if embedded else None
-        cfg = load_config(args.config or DEFAULT_CONFIG, overrides, base=base)
+        cfg = job_config(args.config, overrides)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

@@ -19,20 +19,16 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or working dir
 
-from ccd_ray.config import ConfigError, load_config  # noqa: E402
-from ccd_ray.embedded import DEFAULT_CONFIG, embedded_defaults  # noqa: E402
+from ccd_ray.cli import add_config_arguments, job_config  # noqa: E402
+from ccd_ray.config import ConfigError  # noqa: E402
 from ccd_ray.runtime import init_ray  # noqa: E402
 from ccd_ray.sweep_spec import parse_flag, parse_sweep_spec  # noqa: E402
-
-EMBEDDED_WORKDIR = Path("outputs") / "_embedded"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help="CCD config YAML, the sweep's base (default: embedded)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a base config key (repeatable)")
+    add_config_arguments(parser)
     parser.add_argument("--sweep", help="sweep spec YAML (params, num_samples, ...)")
     parser.add_argument("--grid", action="append", default=[], metavar="NAME=V1,V2",
                         help="grid of a parameter, e.g. --grid alpha=0.2,0.4 (repeatable)")
@@ -47,7 +43,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "subset (benchmarks on labeled corpora)")
     parser.add_argument("--no-cache", action="store_true",
                         help="every trial runs CLIP itself (the naive sweep; for comparison)")
-    parser.add_argument("--address", help="Ray address (default: RAY_ADDRESS, else local)")
     return parser.parse_args(argv)
 
 
@@ -83,10 +78,8 @@ def spec_data(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    embedded = args.config is None and not any(o.startswith("data.corpus_uri=") for o in args.set)
     try:
-        base = embedded_defaults(EMBEDDED_WORKDIR) if embedded else None
-        cfg = load_config(args.config or DEFAULT_CONFIG, args.set, base=base)
+        cfg = job_config(args.config, args.set)
         spec = parse_sweep_spec(spec_data(args), cfg)
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
