@@ -43,4 +43,3 @@ def embedded_defaults(workdir: str | Path) -> dict[str, Any]:
     return {"classes": {"names": list(CLASS_NAMES)},
             "teacher": {"model": pretrained_teacher(default_cache_dir(), TEACHER_SPEC)},
             "data": {"corpus_uri": str(corpus)}}
-

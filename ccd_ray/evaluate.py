@@ -33,6 +33,12 @@ def predict_inputs(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes, hol
     return {r["image_id"]: np.asarray(r["probs"], dtype=np.float32) for r in rows.take_all()}
 
 
+def corpus_truth(cfg: CCDConfig) -> dict[str, list[str]]:
+    """image_id -> true class names of the configured corpus (empty when it carries none)."""
+    fs, root = filesystem_for(cfg.data.corpus_uri, cfg.data)
+    return read_ground_truth(fs, discover(fs, root, cfg.data.files_per_task))
+
+
 def truth_matrix(truth: dict[str, list[str]], ids: list[str], class_names: list[str]
                  ) -> np.ndarray:
     index = {name: c for c, name in enumerate(class_names)}
@@ -60,8 +66,7 @@ def score_predictions(predictions: dict[str, np.ndarray], truth: dict[str, list[
 
 
 def evaluate_run(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes) -> dict[str, Any]:
-    fs, root = filesystem_for(cfg.data.corpus_uri, cfg.data)
-    truth = read_ground_truth(fs, discover(fs, root, cfg.data.files_per_task))
+    truth = corpus_truth(cfg)
     names, threshold = cfg.classes.names, cfg.labels.threshold
     metrics: dict[str, Any] = {"ground_truth_images": len(truth), "rounds": []}
     if not truth:

@@ -19,10 +19,8 @@ from ccd_ray import labeling
 from ccd_ray import labels as label_ops
 from ccd_ray.cam import avg_count_threshold
 from ccd_ray.config import CCDConfig, ConfigError
-from ccd_ray.corpus import discover, read_ground_truth
-from ccd_ray.evaluate import FINAL_STAGE, finish_run, predict_inputs, truth_matrix
-from ccd_ray.storage import (RunStore, exists, filesystem_for, read_bytes, read_json, write_bytes,
-                             write_json)
+from ccd_ray.evaluate import FINAL_STAGE, corpus_truth, finish_run, predict_inputs, truth_matrix
+from ccd_ray.storage import RunStore, exists, read_bytes, read_json, write_bytes, write_json
 from ccd_ray.trainer import build_inputs, checkpoint_at, export_classifier, fit_segment, \
     training_dataset
 
@@ -124,8 +122,7 @@ def _training_targets(cfg: CCDConfig, store: RunStore, labels_round: int
                       ) -> dict[str, np.ndarray]:
     """image_id -> soft targets: a round's pseudo-labels, or the corpus's ground truth."""
     if cfg.train.targets == "ground_truth":
-        fs, root = filesystem_for(cfg.data.corpus_uri, cfg.data)
-        truth = read_ground_truth(fs, discover(fs, root, cfg.data.files_per_task))
+        truth = corpus_truth(cfg)
         if not truth:
             raise ConfigError(f"train.targets=ground_truth: the corpus {cfg.data.corpus_uri} "
                               "has no ground-truth labels")

@@ -18,8 +18,8 @@ import torch
 from ccd_ray import score_cache
 from ccd_ray.classifier import CAMClassifier
 from ccd_ray.config import CCDConfig, ConfigError
-from ccd_ray.corpus import discover, read_ground_truth, read_task_rows
-from ccd_ray.evaluate import truth_matrix
+from ccd_ray.corpus import discover, read_task_rows
+from ccd_ray.evaluate import corpus_truth, truth_matrix
 from ccd_ray.imaging import decode_image
 from ccd_ray.labeling import align
 from ccd_ray.storage import RunStore, filesystem_for, read_json, write_json
@@ -63,13 +63,12 @@ def validation_truth(cfg: CCDConfig, spec: ValidationSpec, holdout_ids: list[str
                               "{image_id: [class names]}")
         return truth
     if spec.from_corpus:
-        fs, root = filesystem_for(cfg.data.corpus_uri, cfg.data)
-        corpus_truth = read_ground_truth(fs, discover(fs, root, cfg.data.files_per_task))
-        chosen = [i for i in holdout_ids if i in corpus_truth][:spec.from_corpus]
+        truth = corpus_truth(cfg)
+        chosen = [i for i in holdout_ids if i in truth][:spec.from_corpus]
         if not chosen:
             raise ConfigError("sweep.validation.from_corpus: the corpus carries no ground truth "
                               "for its held-out images")
-        return {i: corpus_truth[i] for i in chosen}
+        return {i: truth[i] for i in chosen}
     return {}
 
 
