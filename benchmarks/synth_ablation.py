@@ -36,12 +36,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ccd_ray.config import load_config  # noqa: E402
-from ccd_ray.embedded import (DEFAULT_CONFIG, TEACHER_SPEC, default_cache_dir,  # noqa: E402
-                              make_corpus)
+from ccd_ray.embedded import (DEFAULT_CONFIG, STUDENT_BACKBONE_SPEC, TEACHER_SPEC,  # noqa: E402
+                              default_cache_dir, make_corpus)
 from ccd_ray.evaluate import FINAL_STAGE  # noqa: E402
 from ccd_ray.pipeline import run_ccd  # noqa: E402
 from ccd_ray.runtime import init_ray  # noqa: E402
 from ccd_ray.storage import RunStore, read_json  # noqa: E402
+from ccd_ray.synth.backbone import pretrained_backbone  # noqa: E402
 from ccd_ray.synth.pretrain import pretrained_teacher  # noqa: E402
 from ccd_ray.synth.scenes import CLASS_NAMES  # noqa: E402
 
@@ -74,8 +75,12 @@ SHARED_STAGES = {"round-0/raw": lambda c: (c.teacher, c.classes, c.initial, c.se
                                             c.train.holdout_fraction)}
 
 
-def setting_config(name: str, seed: int, corpus: Path, teacher: str, out: Path):
-    return load_config(DEFAULT_CONFIG, [*BASE, *SETTINGS[name][1], f"seed={seed}",
+def setting_config(name: str, seed: int, corpus: Path, teacher: str, out: Path,
+                   backbone_weights: str | None = None):
+    """backbone_weights: the student's pretrained body (the world's ImageNet), as in the paper;
+    None trains it from scratch."""
+    backbone = [f"train.backbone_weights={backbone_weights}"] if backbone_weights else []
+    return load_config(DEFAULT_CONFIG, [*BASE, *backbone, *SETTINGS[name][1], f"seed={seed}",
                                         f"run_id={name}-seed{seed}", f"data.output_uri={out}",
                                         f"data.corpus_uri={corpus}", f"teacher.model={teacher}",
                                         f"classes.names={list(CLASS_NAMES)}"])
@@ -162,6 +167,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300, help="scenes per seed's corpus")
     parser.add_argument("--out", default="outputs/ablation")
     parser.add_argument("--fresh", action="store_true", help="delete --out first")
+    parser.add_argument("--from-scratch", action="store_true",
+                        help="train the student's ResNet from random weights (no pretraining)")
     parser.add_argument("--no-reuse", action="store_true",
                         help="recompute round-0/raw and train-inputs in every run")
     args = parser.parse_args()
@@ -171,6 +178,8 @@ def main() -> None:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     teacher = pretrained_teacher(default_cache_dir(), TEACHER_SPEC)
+    backbone = (None if args.from_scratch
+                else pretrained_backbone(default_cache_dir(), STUDENT_BACKBONE_SPEC))
     init_ray()
     results: dict[str, dict[int, dict]] = {}
     started = time.time()
@@ -180,7 +189,7 @@ def main() -> None:
             make_corpus(corpus, images=args.images, seed=1000 + seed)
         donor = None
         for name in args.settings:
-            cfg = setting_config(name, seed, corpus, teacher, out)
+            cfg = setting_config(name, seed, corpus, teacher, out, backbone)
             if donor is not None and not args.no_reuse:
                 copied = reuse_shared_stages(cfg, donor, out)
                 if copied:

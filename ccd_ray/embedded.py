@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from ccd_ray.packing import synthetic_records, write_shards
+from ccd_ray.synth.backbone import BackboneSpec
 from ccd_ray.synth.pretrain import PretrainSpec, pretrained_teacher
 from ccd_ray.synth.scenes import CLASS_NAMES
 
@@ -18,10 +19,12 @@ DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
 CORPUS_IMAGES, CORPUS_SEED, IMAGE_SIDE, MAX_OBJECTS, SHARD_SIZE = 200, 7, 96, 4, 50
 SCENE_SCALE = (0.25, 0.45)  # object diameter / scene side: overlaps the pretraining scales
 TEACHER_SPEC = PretrainSpec()
+STUDENT_BACKBONE_SPEC = BackboneSpec()
 
 
 def default_cache_dir() -> Path:
-    """Where pretrained teachers are cached: $CCD_RAY_CACHE, else ~/.cache/ccd-ray/teachers."""
+    """Where the pretrained teacher and student backbone are cached: $CCD_RAY_CACHE, else
+    ~/.cache/ccd-ray/teachers."""
     return Path(os.environ.get("CCD_RAY_CACHE", Path.home() / ".cache" / "ccd-ray" / "teachers"))
 
 

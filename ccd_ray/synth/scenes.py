@@ -59,9 +59,9 @@ def _polygon(shape: str, cx: float, cy: float, r: float, angle: float) -> list[t
     raise ValueError(shape)
 
 
-def draw_object(draw: ImageDraw.ImageDraw, name: str, cx: float, cy: float, r: float,
-                angle: float) -> tuple[int, int, int, int]:
-    shape, colour = CLASS_STYLES[name]
+def draw_object(draw: ImageDraw.ImageDraw, style: tuple[str, tuple[int, int, int]], cx: float,
+                cy: float, r: float, angle: float) -> tuple[int, int, int, int]:
+    shape, colour = style
     if shape in ("circle", "ring"):
         bbox = (cx - r, cy - r, cx + r, cy + r)
         if shape == "circle":
@@ -97,8 +97,10 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
 
 def make_scene(rng: np.random.Generator, size: int, class_names: list[str],
                num_objects: int, scale: tuple[float, float],
-               class_probs: np.ndarray | None = None) -> Scene:
-    """One scene of num_objects objects (classes drawn with class_probs, repeats allowed)."""
+               class_probs: np.ndarray | None = None,
+               styles: dict[str, tuple[str, tuple[int, int, int]]] = CLASS_STYLES) -> Scene:
+    """One scene of num_objects objects (classes drawn with class_probs, repeats allowed);
+    styles maps each class name to its (shape, colour)."""
     image = _background(rng, size)
     draw = ImageDraw.Draw(image)
     names, boxes = [], []
@@ -106,7 +108,8 @@ def make_scene(rng: np.random.Generator, size: int, class_names: list[str],
     for c in picks:
         r = rng.uniform(*scale) * size / 2
         cx, cy = rng.uniform(r, size - r, 2)
-        boxes.append(draw_object(draw, class_names[c], cx, cy, r, rng.uniform(0, 2 * math.pi)))
+        angle = rng.uniform(0, 2 * math.pi)
+        boxes.append(draw_object(draw, styles[class_names[c]], cx, cy, r, angle))
         names.append(class_names[c])
     return Scene(np.array(image), sorted(set(names)), boxes, names)
 
