@@ -6,7 +6,9 @@ paper's ablation table, mean +- std over seeds.
 
 Every setting is a real run of `pipeline.run_ccd` (the code path of jobs/run_ccd.py) on a
 local Ray instance, on a synthetic corpus made from the seed, with the pretrained synthetic
-teacher (trained once and cached; see ccd_ray/synth/pretrain.py). Run ids are
+teacher (trained once and cached; see ccd_ray/synth/pretrain.py) and a student whose ResNet
+body is pretrained on the world's non-target classes, as the paper's starts from ImageNet
+(ccd_ray/synth/backbone.py; --from-scratch trains it from random weights). Run ids are
 `<setting>-seed<seed>` under --out, so rerunning the command resumes: finished runs are read
 back, not redone (--fresh starts over).
 
