@@ -78,14 +78,14 @@ SHARED_STAGES = {"round-0/raw": lambda c: (c.teacher, c.classes, c.initial, c.se
 
 
 def setting_config(name: str, seed: int, corpus: Path, teacher: str, out: Path,
-                   backbone_weights: str | None = None):
+                   backbone_weights: str | None = None, extra: list[str] = ()):
     """backbone_weights: the student's pretrained body (the world's ImageNet), as in the paper;
-    None trains it from scratch."""
+    None trains it from scratch. extra: further --set overrides (for diagnostics)."""
     backbone = [f"train.backbone_weights={backbone_weights}"] if backbone_weights else []
     return load_config(DEFAULT_CONFIG, [*BASE, *backbone, *SETTINGS[name][1], f"seed={seed}",
                                         f"run_id={name}-seed{seed}", f"data.output_uri={out}",
                                         f"data.corpus_uri={corpus}", f"teacher.model={teacher}",
-                                        f"classes.names={list(CLASS_NAMES)}"])
+                                        f"classes.names={list(CLASS_NAMES)}", *extra])
 
 
 def reuse_shared_stages(cfg, donor_cfg, out: Path) -> list[str]:

@@ -1,0 +1,193 @@
+"""Why the SynthScenes ablation comes out as it does: two probes of a finished ablation
+(benchmarks/synth_ablation.py --out OUT), each in one process without Ray.
+
+    python benchmarks/ablation_diagnostics.py transfer --out outputs/ablation --seed 0
+    python benchmarks/ablation_diagnostics.py views --out outputs/ablation --seed 0
+
+transfer: does a better pseudo-label set make a better classifier? Trains the ablation's
+  student (same pretrained backbone, lr, batch, 6 epochs, no consistency term) on one fixed
+  label set at a time, several torch seeds each, and scores held-out mAP: the labels' effect
+  without the pipeline's schedule, and how far the training seed alone moves the classifier.
+views: what the relabel round's views hold. From full_ccd's warm-up classifier, one relabel
+  round (reference.relabel_round, the same functions as the Ray stages) with the configured
+  class selection and CAM views, the authors' avg_count selection, and random crops: classes
+  selected per image, view area, whole objects per view, and the round's pseudo-label quality
+  on the training split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.dataset as pads
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ccd_ray import labels as label_ops  # noqa: E402
+from ccd_ray.cam import select_classes  # noqa: E402
+from ccd_ray.classifier import CAMClassifier, load_classifier, normalise  # noqa: E402
+from ccd_ray.embedded import (IMAGE_SIDE, MAX_OBJECTS, SCENE_SCALE,  # noqa: E402
+                              STUDENT_BACKBONE_SPEC, TEACHER_SPEC, default_cache_dir)
+from ccd_ray.evaluate import corpus_truth, truth_matrix  # noqa: E402
+from ccd_ray.labeling import raw_stage, read_labels, read_scores  # noqa: E402
+from ccd_ray.metrics import f1_scores, mean_average_precision  # noqa: E402
+from ccd_ray.reference import relabel_round, selection_threshold  # noqa: E402
+from ccd_ray.scoring import classifier_outputs, relabel_boxes  # noqa: E402
+from ccd_ray.storage import RunStore  # noqa: E402
+from ccd_ray.synth.backbone import pretrained_backbone  # noqa: E402
+from ccd_ray.synth.pretrain import pretrained_teacher  # noqa: E402
+from ccd_ray.synth.scenes import CLASS_NAMES, make_scenes  # noqa: E402
+from ccd_ray.teacher import Teacher  # noqa: E402
+from ccd_ray.trainer import is_holdout  # noqa: E402
+from ccd_ray.training import batch_indices, train_epoch  # noqa: E402
+
+LABEL_SETS = {"global-only labels (round 0)": ("global_only", 0),
+              "+ CAM-guided relabel (round 1)": ("cam_relabel", 1),
+              "full CCD (round 1)": ("full_ccd", 1)}
+VIEW_VARIANTS = {"CAM views, threshold selection (as run)": [],
+                 "CAM views, avg_count selection (authors)": ["relabel.class_selection=avg_count"],
+                 "random crops (as random_views)": ["relabel.view_source=random"]}
+
+
+def _load_ablation():
+    spec = importlib.util.spec_from_file_location(
+        "synth_ablation", Path(__file__).with_name("synth_ablation.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+ABLATION = _load_ablation()
+
+
+def run_store(out: Path, setting: str, seed: int, images: int, extra: list[str] = ()):
+    """The config (the ablation's own, plus extra overrides) and store of one ablation run."""
+    cfg = ABLATION.setting_config(setting, seed, out / f"corpus-{images}-seed{seed}",
+                                  pretrained_teacher(default_cache_dir(), TEACHER_SPEC), out,
+                                  pretrained_backbone(default_cache_dir(), STUDENT_BACKBONE_SPEC),
+                                  extra)
+    return cfg, RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
+
+
+def train_and_score(images, targets, train_rows, holdout_rows, truth, backbone: str,
+                    torch_seed: int, epochs: int = 6) -> float:
+    torch.manual_seed(torch_seed)
+    model = CAMClassifier("resnet18", len(CLASS_NAMES), backbone)
+    optimizer = torch.optim.Adam(model.param_groups(3e-4, 10.0))
+    generator = torch.Generator().manual_seed(torch_seed)
+    for epoch in range(epochs):
+        order = train_rows[torch.randperm(len(train_rows), generator=generator)]
+        batches = [(normalise(images[i]), targets[i], None) for i in batch_indices(order, 16)]
+        train_epoch(model, optimizer, batches, epoch, 0.0, 2, generator)
+    model.eval()
+    with torch.no_grad():
+        probs = torch.sigmoid(model(normalise(images[holdout_rows]))[0]).numpy()
+    return 100 * mean_average_precision(probs, truth[holdout_rows.numpy()])
+
+
+def transfer(args, out: Path) -> None:
+    cfg, donor = run_store(out, "global_only", args.seed, args.images)
+    rows = pads.dataset(donor.committed("train-inputs"), filesystem=donor.fs).to_table().to_pylist()
+    ids = [r["image_id"] for r in rows]
+    side = cfg.train.image_size
+    images = torch.stack([torch.frombuffer(bytearray(r["pixels"]), dtype=torch.uint8)
+                          .reshape(3, side, side) for r in rows])
+    holdout = torch.tensor([r["holdout"] for r in rows])
+    train_rows, holdout_rows = torch.nonzero(~holdout).flatten(), torch.nonzero(holdout).flatten()
+    truth = truth_matrix(corpus_truth(cfg), ids, CLASS_NAMES).astype(np.float32)
+    label_sets = {}
+    for name, (setting, round_index) in LABEL_SETS.items():
+        labels = read_labels(run_store(out, setting, args.seed, args.images)[1], round_index)
+        label_sets[name] = np.stack([labels[i] for i in ids]).astype(np.float32)
+    label_sets["ground truth"] = truth
+    print(f"| labels (seed {args.seed}) | pseudo mAP, training split | classifier held-out mAP "
+          f"per torch seed {args.torch_seeds} | mean |\n|---|---|---|---|")
+    for name, targets in label_sets.items():
+        pseudo = 100 * mean_average_precision(targets[train_rows.numpy()],
+                                              truth[train_rows.numpy()])
+        scores = [train_and_score(images, torch.from_numpy(targets), train_rows, holdout_rows,
+                                  truth, cfg.train.backbone_weights, s)
+                  for s in args.torch_seeds]
+        print(f"| {name} | {pseudo:.1f} | {', '.join(f'{s:.1f}' for s in scores)} | "
+              f"{np.mean(scores):.1f} |", flush=True)
+
+
+def _inside(view: np.ndarray, box) -> float:
+    """The fraction of an object's box that lies inside a view."""
+    width = max(0.0, min(view[2], box[2]) - max(view[0], box[0]))
+    height = max(0.0, min(view[3], box[3]) - max(view[1], box[1]))
+    return width * height / max((box[2] - box[0]) * (box[3] - box[1]), 1)
+
+
+def views(args, out: Path) -> None:
+    cfg, store = run_store(out, "full_ccd", args.seed, args.images)
+    # the corpus's scenes again, for their boxes (the shards keep only labels)
+    scenes = make_scenes(args.images, 1000 + args.seed, size=IMAGE_SIDE,
+                         max_objects=MAX_OBJECTS, scale=SCENE_SCALE)
+    ids = [f"synth-{1000 + args.seed}-{i:06d}" for i in range(args.images)]
+    truth_by_id = corpus_truth(cfg)
+    if any(sorted(truth_by_id[i]) != s.labels for i, s in zip(ids, scenes)):
+        raise SystemExit("the regenerated scenes differ from the corpus: generator changed?")
+    images = [torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1) for s in scenes]
+    truth = truth_matrix(truth_by_id, ids, CLASS_NAMES).astype(np.float32)
+    train = np.array([not is_holdout(i, cfg.train.holdout_fraction, cfg.seed) for i in ids])
+    model = load_classifier(f"{store.committed('train/segment-0')}/classifier.pt")[0]
+    raw_ids, raw, _ = read_scores(store.fs, store.committed(raw_stage(0)))
+    initial = torch.from_numpy(raw[[raw_ids.index(i) for i in ids]])
+    lc = cfg.labels
+    bias = label_ops.bias_vector(label_ops.bias_partials(initial, lc.threshold,
+                                                         cfg.initial.entropy_threshold),
+                                 lc.bias_statistic)
+    previous = label_ops.debias(initial, bias, lc.gamma)
+    teacher = Teacher.from_config(cfg.teacher, cfg.classes)
+    probs, cams = classifier_outputs(model, images, cfg.train.image_size)
+
+    def quality(labels: torch.Tensor) -> str:
+        scores, f1 = labels.numpy()[train], f1_scores(labels.numpy()[train], truth[train],
+                                                      lc.threshold)
+        return (f"{100 * mean_average_precision(scores, truth[train]):.1f} | "
+                f"{100 * f1['CF1']:.1f} | {100 * f1['OF1']:.1f}")
+
+    print(f"Seed {args.seed}: {np.mean([len(s.boxes) for s in scenes]):.2f} objects, "
+          f"{truth.sum(1).mean():.2f} classes per scene; CAM grid "
+          f"{tuple(cams.shape[-2:])} at train.image_size {cfg.train.image_size}.\n")
+    print("| relabel views | classes selected per image | view area / image | whole objects "
+          "per view | views with exactly one | pseudo mAP | CF1 | OF1 |\n|---|---|---|---|---|---|---|---|")
+    print(f"| none (round 0) | - | - | - | - | {quality(previous)} |")
+    for name, overrides in VIEW_VARIANTS.items():
+        variant, _ = run_store(out, "full_ccd", args.seed, args.images, overrides)
+        threshold = selection_threshold(probs, variant)
+        selected = select_classes(probs, threshold)
+        boxes = relabel_boxes(probs, cams, images, ids, threshold, 1, variant)
+        area, whole = [], []
+        for scene, image_boxes in zip(scenes, boxes):
+            for view in image_boxes:
+                area.append((view[2] - view[0]) * (view[3] - view[1]) / IMAGE_SIDE ** 2)
+                whole.append(sum(_inside(view, b) >= 0.7 for b in scene.boxes))
+        labels, _ = relabel_round(teacher, model, images, ids, previous, bias, 1, variant)
+        print(f"| {name} | {np.mean([len(s) for s in selected]):.2f} | {np.mean(area):.2f} | "
+              f"{np.mean(whole):.2f} | {np.mean(np.array(whole) == 1):.2f} | {quality(labels)} |",
+              flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("probe", choices=("transfer", "views"))
+    parser.add_argument("--out", required=True, help="the ablation's --out folder")
+    parser.add_argument("--seed", type=int, default=0, help="the ablation seed to read")
+    parser.add_argument("--images", type=int, default=300, help="the ablation's --images")
+    parser.add_argument("--torch-seeds", type=int, nargs="+", default=[0, 1],
+                        help="transfer: training seeds per label set")
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    {"transfer": transfer, "views": views}[args.probe](args, out)
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)  # the same numbers on any machine
+    main()
