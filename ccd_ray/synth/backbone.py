@@ -5,8 +5,10 @@ features come from labeled images of *other* categories. Here the analog is ever
 colour combination of the world that is not one of the target classes (90 of them), one
 object per image on the same cluttered backgrounds, with a softmax classifier. None of the
 target classes is ever shown, so the student learns generic shape and colour features, not
-the CCD task. Seeded, and cached as a torchvision state-dict file (no `fc.*`) named by the
-spec's hash, loaded through `train.backbone_weights` like any local checkpoint."""
+the CCD task. Seeded (bit-identical only at the same torch thread count: unlike the tiny
+teacher it trains on every core, a ResNet being too slow on one), and cached as a torchvision
+state-dict file (no `fc.*`) named by the spec's hash, loaded through `train.backbone_weights`
+like any local checkpoint."""
 
 from __future__ import annotations
 
