@@ -13,9 +13,7 @@ like any local checkpoint."""
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import math
 import time
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import torch.nn.functional as F
 import torchvision
 
 from ccd_ray.classifier import normalise
+from ccd_ray.synth.pretrain import spec_key, warmup_cosine
 from ccd_ray.synth.scenes import CLASS_STYLES, make_scene
 
 
@@ -41,8 +40,7 @@ class BackboneSpec:
     version: int = 1                          # bump when the generator or the loss changes
 
     def key(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return spec_key(self)
 
 
 def pretraining_styles() -> dict[str, tuple[str, tuple[int, int, int]]]:
@@ -72,9 +70,7 @@ def pretrain_backbone(spec: BackboneSpec, log=print) -> tuple[torch.nn.Module, f
     torch.manual_seed(spec.seed)
     model = getattr(torchvision.models, spec.backbone)(weights=None, num_classes=len(styles))
     optimizer = torch.optim.Adam(model.parameters(), lr=spec.lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / 50)
-        * 0.5 * (1 + math.cos(math.pi * min(step, spec.steps) / spec.steps)))
+    schedule = warmup_cosine(optimizer, spec.steps)
     rng = np.random.default_rng(spec.seed)
     started = time.time()
     model.train()

@@ -31,6 +31,19 @@ from ccd_ray.synth.scenes import CLASS_NAMES, make_scene
 from ccd_ray.teacher import LOCAL_DIR_PREFIX, embed_prompts, load_clip, save_local_dir
 
 
+def spec_key(spec) -> str:
+    """A pretraining spec's cache key: the hash of all its fields."""
+    text = json.dumps(dataclasses.asdict(spec), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 50):
+    """Linear warm-up over `warmup` steps, then cosine decay to zero at `steps`."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup)
+        * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+
+
 @dataclasses.dataclass(frozen=True)
 class PretrainSpec:
     """Everything the pretrained teacher depends on (its cache key)."""
@@ -47,8 +60,7 @@ class PretrainSpec:
     version: int = 1               # bump when the generator or the loss changes
 
     def key(self) -> str:
-        text = json.dumps(dataclasses.asdict(self), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return spec_key(self)
 
 
 def popularity(spec: PretrainSpec, class_names: list[str]) -> np.ndarray:
@@ -104,9 +116,7 @@ def pretrain_teacher(spec: PretrainSpec, class_names: list[str] | None = None,
         model, tokenizer, mean, std = load_clip(TeacherConfig(model=spec.model, pretrained=None))
         model.train().requires_grad_(True)
         optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.05)
-        schedule = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: min(1.0, (step + 1) / 50)
-            * 0.5 * (1 + math.cos(math.pi * min(step, spec.steps) / spec.steps)))
+        schedule = warmup_cosine(optimizer, spec.steps)
         tokens = tokenizer([spec.template.format(name) for name in names])
         mean_t = torch.tensor(mean).view(1, 3, 1, 1)
         std_t = torch.tensor(std).view(1, 3, 1, 1)
