@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ccd_ray.config import ClassesConfig, TeacherConfig
+from ccd_ray.config import TeacherConfig
 from ccd_ray.synth.scenes import CLASS_NAMES, make_scene
 from ccd_ray.teacher import LOCAL_DIR_PREFIX, embed_prompts, load_clip, save_local_dir
 
