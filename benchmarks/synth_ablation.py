@@ -18,7 +18,9 @@ copy those committed stages when their inputs are identical (--no-reuse recomput
 the wall-time column of the later settings excludes those two stages.
 
 Columns: pseudo-label mAP / CF1 / OF1 on the training split (the last round's labels, at
-labels.threshold), classifier mAP on the held-out split, and the run's wall time. The
+labels.threshold), classifier mAP on the held-out split, the paired gain (per seed, the
+setting's classifier mAP minus global-only's on the same world, then mean +- std over seeds),
+and the run's wall time. Every std is over seeds with ddof=0. The
 zero-shot row is the teacher's global-view scores of the `global_only` runs (the teacher used
 as the classifier on the held-out split); the upper bound trains the same classifier on the
 same schedule with the corpus's ground truth."""
@@ -127,6 +129,7 @@ def rows_of(results: dict[str, dict[int, dict]]) -> list[tuple[str, dict[str, li
             "pseudo CF1": column(runs, lambda r: r["metrics"]["teacher_before_debias"]["CF1"]),
             "pseudo OF1": column(runs, lambda r: r["metrics"]["teacher_before_debias"]["OF1"]),
             "classifier mAP": column(runs, lambda r: r["metrics"]["teacher_holdout"]["mAP"])}))
+    baseline = results.get("global_only", {})
     for name, (label, _) in SETTINGS.items():
         if name not in results:
             continue
@@ -140,12 +143,18 @@ def rows_of(results: dict[str, dict[int, dict]]) -> list[tuple[str, dict[str, li
             "pseudo OF1": column(runs, lambda r: r["metrics"]["rounds"][-1]["OF1"]
                                  if pseudo else None),
             "classifier mAP": column(runs, lambda r: r["metrics"]["classifier_holdout"]["mAP"]),
+            # Seeds differ in their whole world (corpus, held-out split), which moves every
+            # row together; the per-seed difference to global-only removes that shared part.
+            "paired gain": [runs[s]["metrics"]["classifier_holdout"]["mAP"]
+                            - baseline[s]["metrics"]["classifier_holdout"]["mAP"]
+                            for s in runs if s in baseline and name != "global_only"],
             "wall s": column(runs, lambda r: r["seconds"])}))
     return rows
 
 
 def markdown_table(rows, seeds: list[int]) -> str:
-    columns = ["pseudo mAP", "pseudo CF1", "pseudo OF1", "classifier mAP", "wall s"]
+    columns = ["pseudo mAP", "pseudo CF1", "pseudo OF1", "classifier mAP", "paired gain",
+               "wall s"]
     lines = [f"| setting ({len(seeds)} seeds: mean +- std) | " + " | ".join(columns) + " |",
              "|---" * (len(columns) + 1) + "|"]
     for label, values in rows:
@@ -156,6 +165,8 @@ def markdown_table(rows, seeds: list[int]) -> str:
                 cells.append("-")
             elif c == "wall s":
                 cells.append(f"{np.mean(v):.0f}")
+            elif c == "paired gain":
+                cells.append(f"{np.mean(v):+.1f} +- {np.std(v):.1f}")
             else:
                 cells.append(f"{np.mean(v):.1f} +- {np.std(v):.1f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
