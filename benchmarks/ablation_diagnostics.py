@@ -2,17 +2,25 @@
 (benchmarks/synth_ablation.py --out OUT), each in one process without Ray.
 
     python benchmarks/ablation_diagnostics.py transfer --out outputs/ablation --seed 0
+    python benchmarks/ablation_diagnostics.py transfer --out outputs/ablation --sets oracle truth
     python benchmarks/ablation_diagnostics.py views --out outputs/ablation --seed 0
 
 transfer: does a better pseudo-label set make a better classifier? Trains the ablation's
   student (same pretrained backbone, lr, batch, 6 epochs, no consistency term) on one fixed
   label set at a time, several torch seeds each, and scores held-out mAP: the labels' effect
   without the pipeline's schedule, and how far the training seed alone moves the classifier.
+  One set is an oracle: full CCD's relabel round with the views placed around each object's
+  true box instead of the CAM's (same views per box, offset, jitter, debias and fusion), the
+  most any view guidance can give with this teacher.
 views: what the relabel round's views hold. From full_ccd's warm-up classifier, one relabel
   round (reference.relabel_round, the same functions as the Ray stages) with the configured
-  class selection and CAM views, the authors' avg_count selection, and random crops: classes
-  selected per image, view area, whole objects per view, and the round's pseudo-label quality
-  on the training split.
+  class selection and CAM views, the authors' selection, CAM region and box, and random crops:
+  classes selected per image, view area, whole objects per view, and the round's pseudo-label
+  quality on the training split. --student-side S warms the student up again in this process
+  at input side S (a finer CAM grid); --warm-up-on truth warms it up on the ground truth, to
+  tell the CAM mechanism from the quality of the classifier that feeds it.
+
+    python benchmarks/ablation_diagnostics.py views --out outputs/ablation --student-side 192
 """
 
 from __future__ import annotations
@@ -30,14 +38,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ccd_ray import labels as label_ops  # noqa: E402
 from ccd_ray.cam import select_classes  # noqa: E402
-from ccd_ray.classifier import CAMClassifier, load_classifier, normalise  # noqa: E402
+from ccd_ray.classifier import (CAMClassifier, load_classifier, normalise,  # noqa: E402
+                                prepare_images)
 from ccd_ray.embedded import (IMAGE_SIDE, MAX_OBJECTS, SCENE_SCALE,  # noqa: E402
                               STUDENT_BACKBONE_SPEC, TEACHER_SPEC, default_cache_dir)
 from ccd_ray.evaluate import corpus_truth, truth_matrix  # noqa: E402
 from ccd_ray.labeling import raw_stage, read_labels, read_scores  # noqa: E402
 from ccd_ray.metrics import f1_scores, mean_average_precision  # noqa: E402
 from ccd_ray.reference import relabel_round, selection_threshold  # noqa: E402
-from ccd_ray.scoring import classifier_outputs, relabel_boxes  # noqa: E402
+from ccd_ray.scoring import classifier_outputs, relabel_boxes, score_boxes  # noqa: E402
 from ccd_ray.storage import RunStore  # noqa: E402
 from ccd_ray.synth.backbone import pretrained_backbone  # noqa: E402
 from ccd_ray.synth.pretrain import pretrained_teacher  # noqa: E402
@@ -45,12 +54,21 @@ from ccd_ray.synth.scenes import CLASS_NAMES, make_scenes  # noqa: E402
 from ccd_ray.teacher import Teacher  # noqa: E402
 from ccd_ray.trainer import is_holdout  # noqa: E402
 from ccd_ray.training import batch_indices, train_epoch  # noqa: E402
+from ccd_ray.views import box_guided_boxes, rng_for  # noqa: E402
 
-LABEL_SETS = {"global-only labels (round 0)": ("global_only", 0),
-              "+ CAM-guided relabel (round 1)": ("cam_relabel", 1),
-              "full CCD (round 1)": ("full_ccd", 1)}
+# transfer's label sets: key -> (row label, the ablation setting and round whose labels it is)
+LABEL_SETS = {"global": ("global-only labels (round 0)", "global_only", 0),
+              "cam_relabel": ("+ CAM-guided relabel (round 1)", "cam_relabel", 1),
+              "full_ccd": ("full CCD (round 1)", "full_ccd", 1),
+              "oracle": ("full CCD, true-box views (oracle round 1)", None, None),
+              "truth": ("ground truth", None, None)}
 VIEW_VARIANTS = {"CAM views, threshold selection (as run)": [],
                  "CAM views, avg_count selection (authors)": ["relabel.class_selection=avg_count"],
+                 "CAM views, region at 0.95 of the CAM peak (authors)":
+                     ["relabel.cam_threshold=0.95"],
+                 "CAM views, the authors' region, box and selection":
+                     ["relabel.cam_threshold=0.95", "relabel.box_mode=first_last",
+                      "relabel.class_selection=avg_count"],
                  "random crops (as random_views)": ["relabel.view_source=random"]}
 
 
@@ -74,19 +92,28 @@ def run_store(out: Path, setting: str, seed: int, images: int, extra: list[str] 
     return cfg, RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
 
 
-def train_and_score(images, targets, train_rows, holdout_rows, truth, backbone: str,
-                    torch_seed: int, epochs: int = 6) -> float:
+def train_student(inputs: torch.Tensor, targets: torch.Tensor, train_rows: torch.Tensor,
+                  backbone: str, torch_seed: int, epochs: int) -> CAMClassifier:
+    """The ablation's student (its pretrained body, lr, head factor and batch; no consistency
+    term) trained on fixed soft targets; inputs: normalised N x 3 x S x S."""
     torch.manual_seed(torch_seed)
     model = CAMClassifier("resnet18", len(CLASS_NAMES), backbone)
     optimizer = torch.optim.Adam(model.param_groups(3e-4, 10.0))
     generator = torch.Generator().manual_seed(torch_seed)
     for epoch in range(epochs):
         order = train_rows[torch.randperm(len(train_rows), generator=generator)]
-        batches = [(normalise(images[i]), targets[i], None) for i in batch_indices(order, 16)]
+        batches = [(inputs[i], targets[i], None) for i in batch_indices(order, 16)]
         train_epoch(model, optimizer, batches, epoch, 0.0, 2, generator)
+    return model
+
+
+def train_and_score(images, targets, train_rows, holdout_rows, truth, backbone: str,
+                    torch_seed: int, epochs: int = 6) -> float:
+    inputs = normalise(images)
+    model = train_student(inputs, targets, train_rows, backbone, torch_seed, epochs)
     model.eval()
     with torch.no_grad():
-        probs = torch.sigmoid(model(normalise(images[holdout_rows]))[0]).numpy()
+        probs = torch.sigmoid(model(inputs[holdout_rows])[0]).numpy()
     return 100 * mean_average_precision(probs, truth[holdout_rows.numpy()])
 
 
@@ -101,10 +128,14 @@ def transfer(args, out: Path) -> None:
     train_rows, holdout_rows = torch.nonzero(~holdout).flatten(), torch.nonzero(holdout).flatten()
     truth = truth_matrix(corpus_truth(cfg), ids, CLASS_NAMES).astype(np.float32)
     label_sets = {}
-    for name, (setting, round_index) in LABEL_SETS.items():
-        labels = read_labels(run_store(out, setting, args.seed, args.images)[1], round_index)
+    for key in args.sets:
+        name, setting, round_index = LABEL_SETS[key]
+        if key == "truth":
+            label_sets[name] = truth
+            continue
+        labels = (oracle_labels(args, out) if key == "oracle" else
+                  read_labels(run_store(out, setting, args.seed, args.images)[1], round_index))
         label_sets[name] = np.stack([labels[i] for i in ids]).astype(np.float32)
-    label_sets["ground truth"] = truth
     print(f"| labels (seed {args.seed}) | pseudo mAP, training split | classifier held-out mAP "
           f"per torch seed {args.torch_seeds} | mean |\n|---|---|---|---|")
     for name, targets in label_sets.items():
@@ -124,9 +155,11 @@ def _inside(view: np.ndarray, box) -> float:
     return width * height / max((box[2] - box[0]) * (box[3] - box[1]), 1)
 
 
-def views(args, out: Path) -> None:
+def full_ccd_round_inputs(args, out: Path):
+    """full_ccd's config and store, the corpus's scenes regenerated (the shards keep labels,
+    not boxes) with their ids, uint8 images and truth, and the relabel round's inputs: the
+    round-0 debiased labels, the bias vector and the teacher."""
     cfg, store = run_store(out, "full_ccd", args.seed, args.images)
-    # the corpus's scenes again, for their boxes (the shards keep only labels)
     scenes = make_scenes(args.images, 1000 + args.seed, size=IMAGE_SIDE,
                          max_objects=MAX_OBJECTS, scale=SCENE_SCALE)
     ids = [f"synth-{1000 + args.seed}-{i:06d}" for i in range(args.images)]
@@ -135,8 +168,6 @@ def views(args, out: Path) -> None:
         raise SystemExit("the regenerated scenes differ from the corpus: generator changed?")
     images = [torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1) for s in scenes]
     truth = truth_matrix(truth_by_id, ids, CLASS_NAMES).astype(np.float32)
-    train = np.array([not is_holdout(i, cfg.train.holdout_fraction, cfg.seed) for i in ids])
-    model = load_classifier(f"{store.committed('train/segment-0')}/classifier.pt")[0]
     raw_ids, raw, _ = read_scores(store.fs, store.committed(raw_stage(0)))
     initial = torch.from_numpy(raw[[raw_ids.index(i) for i in ids]])
     lc = cfg.labels
@@ -145,7 +176,42 @@ def views(args, out: Path) -> None:
                                  lc.bias_statistic)
     previous = label_ops.debias(initial, bias, lc.gamma)
     teacher = Teacher.from_config(cfg.teacher, cfg.classes)
-    probs, cams = classifier_outputs(model, images, cfg.train.image_size)
+    return cfg, store, scenes, ids, images, truth, previous, bias, teacher
+
+
+def oracle_labels(args, out: Path) -> dict[str, np.ndarray]:
+    """full_ccd's relabel round with its views around the true boxes, as image_id -> labels."""
+    cfg, _, scenes, ids, images, _, previous, bias, teacher = full_ccd_round_inputs(args, out)
+    rc = cfg.relabel
+    boxes = []
+    for scene, image, image_id in zip(scenes, images, ids):
+        rng = rng_for(cfg.seed, image_id, 1)
+        boxes.append(np.concatenate([
+            box_guided_boxes(np.array(box), image.shape[1], image.shape[2], rc.views_per_box,
+                             rc.box_offset, rc.box_jitter, rng) for box in scene.boxes]))
+    local = score_boxes(teacher, images, boxes, cfg)
+    fused = label_ops.fuse(previous, label_ops.debias(local, bias, cfg.labels.gamma),
+                           cfg.labels.alpha)
+    return dict(zip(ids, fused.numpy()))
+
+
+def views(args, out: Path) -> None:
+    cfg, store, scenes, ids, images, truth, previous, bias, teacher = full_ccd_round_inputs(
+        args, out)
+    lc = cfg.labels
+    train = np.array([not is_holdout(i, cfg.train.holdout_fraction, cfg.seed) for i in ids])
+    student_side = args.student_side or cfg.train.image_size
+    side = [f"train.image_size={student_side}"]
+    if args.student_side or args.warm_up_on == "truth":
+        # full_ccd's warm-up again in this process: at another input side (a finer CAM grid),
+        # or on the ground truth (are the CAMs of a well-trained student where the objects are?)
+        model = train_student(prepare_images(images, student_side),
+                              torch.from_numpy(truth) if args.warm_up_on == "truth" else previous,
+                              torch.from_numpy(np.flatnonzero(train)),
+                              cfg.train.backbone_weights, cfg.seed, cfg.train.warmup_epochs)
+    else:
+        model = load_classifier(f"{store.committed('train/segment-0')}/classifier.pt")[0]
+    probs, cams = classifier_outputs(model, images, student_side)
 
     def quality(labels: torch.Tensor) -> str:
         scores, f1 = labels.numpy()[train], f1_scores(labels.numpy()[train], truth[train],
@@ -154,13 +220,13 @@ def views(args, out: Path) -> None:
                 f"{100 * f1['CF1']:.1f} | {100 * f1['OF1']:.1f}")
 
     print(f"Seed {args.seed}: {np.mean([len(s.boxes) for s in scenes]):.2f} objects, "
-          f"{truth.sum(1).mean():.2f} classes per scene; CAM grid "
-          f"{tuple(cams.shape[-2:])} at train.image_size {cfg.train.image_size}.\n")
+          f"{truth.sum(1).mean():.2f} classes per scene; CAM grid {tuple(cams.shape[-2:])} at "
+          f"train.image_size {student_side}, warm-up on {args.warm_up_on}.\n")
     print("| relabel views | classes selected per image | view area / image | whole objects "
           "per view | views with exactly one | pseudo mAP | CF1 | OF1 |\n|---|---|---|---|---|---|---|---|")
     print(f"| none (round 0) | - | - | - | - | {quality(previous)} |")
     for name, overrides in VIEW_VARIANTS.items():
-        variant, _ = run_store(out, "full_ccd", args.seed, args.images, overrides)
+        variant, _ = run_store(out, "full_ccd", args.seed, args.images, [*side, *overrides])
         threshold = selection_threshold(probs, variant)
         selected = select_classes(probs, threshold)
         boxes = relabel_boxes(probs, cams, images, ids, threshold, 1, variant)
@@ -183,6 +249,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=300, help="the ablation's --images")
     parser.add_argument("--torch-seeds", type=int, nargs="+", default=[0, 1],
                         help="transfer: training seeds per label set")
+    parser.add_argument("--student-side", type=int,
+                        help="views: warm the student up here at this input side instead of "
+                             "reading full_ccd's warm-up classifier")
+    parser.add_argument("--warm-up-on", choices=("labels", "truth"), default="labels",
+                        help="views: 'truth' warms the student up here on the ground truth "
+                             "instead of the round-0 labels")
+    parser.add_argument("--sets", nargs="+", choices=list(LABEL_SETS), default=list(LABEL_SETS),
+                        help="transfer: the label sets to train on")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     {"transfer": transfer, "views": views}[args.probe](args, out)
