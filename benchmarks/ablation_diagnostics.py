@@ -17,8 +17,9 @@ views: what the relabel round's views hold. From full_ccd's warm-up classifier, 
   class selection and CAM views, the authors' selection, CAM region and box, and random crops:
   classes selected per image, view area, whole objects per view, and the round's pseudo-label
   quality on the training split. --student-side S warms the student up again in this process
-  at input side S (a finer CAM grid); --warm-up-on truth warms it up on the ground truth, to
-  tell the CAM mechanism from the quality of the classifier that feeds it.
+  at input side S (a finer CAM grid), --warm-up-epochs E for E epochs; --warm-up-on truth
+  warms it up on the ground truth, to tell the CAM mechanism from the quality of the
+  classifier that feeds it.
 
     python benchmarks/ablation_diagnostics.py views --out outputs/ablation --student-side 192
 """
@@ -202,13 +203,14 @@ def views(args, out: Path) -> None:
     train = np.array([not is_holdout(i, cfg.train.holdout_fraction, cfg.seed) for i in ids])
     student_side = args.student_side or cfg.train.image_size
     side = [f"train.image_size={student_side}"]
-    if args.student_side or args.warm_up_on == "truth":
+    warm_up_epochs = args.warm_up_epochs or cfg.train.warmup_epochs
+    if args.student_side or args.warm_up_on == "truth" or args.warm_up_epochs:
         # full_ccd's warm-up again in this process: at another input side (a finer CAM grid),
-        # or on the ground truth (are the CAMs of a well-trained student where the objects are?)
+        # longer, or on the ground truth (are a well-trained student's CAMs on the objects?)
         model = train_student(prepare_images(images, student_side),
                               torch.from_numpy(truth) if args.warm_up_on == "truth" else previous,
                               torch.from_numpy(np.flatnonzero(train)),
-                              cfg.train.backbone_weights, cfg.seed, cfg.train.warmup_epochs)
+                              cfg.train.backbone_weights, cfg.seed, warm_up_epochs)
     else:
         model = load_classifier(f"{store.committed('train/segment-0')}/classifier.pt")[0]
     probs, cams = classifier_outputs(model, images, student_side)
@@ -221,7 +223,8 @@ def views(args, out: Path) -> None:
 
     print(f"Seed {args.seed}: {np.mean([len(s.boxes) for s in scenes]):.2f} objects, "
           f"{truth.sum(1).mean():.2f} classes per scene; CAM grid {tuple(cams.shape[-2:])} at "
-          f"train.image_size {student_side}, warm-up on {args.warm_up_on}.\n")
+          f"train.image_size {student_side}, warm-up {warm_up_epochs} epochs on "
+          f"{args.warm_up_on}.\n")
     print("| relabel views | classes selected per image | view area / image | whole objects "
           "per view | views with exactly one | pseudo mAP | CF1 | OF1 |\n|---|---|---|---|---|---|---|---|")
     print(f"| none (round 0) | - | - | - | - | {quality(previous)} |")
@@ -255,6 +258,8 @@ def main() -> None:
     parser.add_argument("--warm-up-on", choices=("labels", "truth"), default="labels",
                         help="views: 'truth' warms the student up here on the ground truth "
                              "instead of the round-0 labels")
+    parser.add_argument("--warm-up-epochs", type=int,
+                        help="views: warm the student up here for this many epochs")
     parser.add_argument("--sets", nargs="+", choices=list(LABEL_SETS), default=list(LABEL_SETS),
                         help="transfer: the label sets to train on")
     args = parser.parse_args()
