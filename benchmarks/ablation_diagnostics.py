@@ -19,7 +19,8 @@ views: what the relabel round's views hold. From full_ccd's warm-up classifier, 
   quality on the training split. --student-side S warms the student up again in this process
   at input side S (a finer CAM grid), --warm-up-epochs E for E epochs; --warm-up-on truth
   warms it up on the ground truth, to tell the CAM mechanism from the quality of the
-  classifier that feeds it.
+  classifier that feeds it; --after-round 1 probes a second round, its views placed by the
+  classifier trained on round 1's labels (full_ccd's final one, 4 epochs on them).
 
     python benchmarks/ablation_diagnostics.py views --out outputs/ablation --student-side 192
 """
@@ -204,7 +205,16 @@ def views(args, out: Path) -> None:
     student_side = args.student_side or cfg.train.image_size
     side = [f"train.image_size={student_side}"]
     warm_up_epochs = args.warm_up_epochs or cfg.train.warmup_epochs
-    if args.student_side or args.warm_up_on == "truth" or args.warm_up_epochs:
+    in_process = args.student_side or args.warm_up_on == "truth" or args.warm_up_epochs
+    if args.after_round and in_process:
+        raise SystemExit("--after-round reads the pipeline's classifier: no warm-up flags")
+    round_index = args.after_round + 1
+    if args.after_round:
+        # a further round: full_ccd's classifier after training on round 1's labels places the
+        # views, and round 1's labels are the ones it fuses into
+        labels_by_id = read_labels(store, args.after_round)
+        previous = torch.from_numpy(np.stack([labels_by_id[i] for i in ids]))
+    if in_process:
         # full_ccd's warm-up again in this process: at another input side (a finer CAM grid),
         # longer, or on the ground truth (are a well-trained student's CAMs on the objects?)
         model = train_student(prepare_images(images, student_side),
@@ -212,7 +222,8 @@ def views(args, out: Path) -> None:
                               torch.from_numpy(np.flatnonzero(train)),
                               cfg.train.backbone_weights, cfg.seed, warm_up_epochs)
     else:
-        model = load_classifier(f"{store.committed('train/segment-0')}/classifier.pt")[0]
+        segment = store.committed(f"train/segment-{args.after_round}")
+        model = load_classifier(f"{segment}/classifier.pt")[0]
     probs, cams = classifier_outputs(model, images, student_side)
 
     def quality(labels: torch.Tensor) -> str:
@@ -223,22 +234,24 @@ def views(args, out: Path) -> None:
 
     print(f"Seed {args.seed}: {np.mean([len(s.boxes) for s in scenes]):.2f} objects, "
           f"{truth.sum(1).mean():.2f} classes per scene; CAM grid {tuple(cams.shape[-2:])} at "
-          f"train.image_size {student_side}, warm-up {warm_up_epochs} epochs on "
-          f"{args.warm_up_on}.\n")
+          f"train.image_size {student_side}; views placed by "
+          + (f"a warm-up of {warm_up_epochs} epochs on {args.warm_up_on} (in this process)"
+             if in_process else f"train/segment-{args.after_round}") + ".\n")
     print("| relabel views | classes selected per image | view area / image | whole objects "
           "per view | views with exactly one | pseudo mAP | CF1 | OF1 |\n|---|---|---|---|---|---|---|---|")
-    print(f"| none (round 0) | - | - | - | - | {quality(previous)} |")
+    print(f"| none (round {args.after_round}) | - | - | - | - | {quality(previous)} |")
     for name, overrides in VIEW_VARIANTS.items():
         variant, _ = run_store(out, "full_ccd", args.seed, args.images, [*side, *overrides])
         threshold = selection_threshold(probs, variant)
         selected = select_classes(probs, threshold)
-        boxes = relabel_boxes(probs, cams, images, ids, threshold, 1, variant)
+        boxes = relabel_boxes(probs, cams, images, ids, threshold, round_index, variant)
         area, whole = [], []
         for scene, image_boxes in zip(scenes, boxes):
             for view in image_boxes:
                 area.append((view[2] - view[0]) * (view[3] - view[1]) / IMAGE_SIDE ** 2)
                 whole.append(sum(_inside(view, b) >= 0.7 for b in scene.boxes))
-        labels, _ = relabel_round(teacher, model, images, ids, previous, bias, 1, variant)
+        labels, _ = relabel_round(teacher, model, images, ids, previous, bias, round_index,
+                                  variant)
         print(f"| {name} | {np.mean([len(s) for s in selected]):.2f} | {np.mean(area):.2f} | "
               f"{np.mean(whole):.2f} | {np.mean(np.array(whole) == 1):.2f} | {quality(labels)} |",
               flush=True)
@@ -260,6 +273,9 @@ def main() -> None:
                              "instead of the round-0 labels")
     parser.add_argument("--warm-up-epochs", type=int,
                         help="views: warm the student up here for this many epochs")
+    parser.add_argument("--after-round", type=int, default=0, choices=(0, 1),
+                        help="views: 1 probes a second round, placed by full_ccd's classifier "
+                             "after its training on round 1's labels")
     parser.add_argument("--sets", nargs="+", choices=list(LABEL_SETS), default=list(LABEL_SETS),
                         help="transfer: the label sets to train on")
     args = parser.parse_args()

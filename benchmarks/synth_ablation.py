@@ -3,6 +3,7 @@ paper's ablation table, mean +- std over seeds.
 
     python benchmarks/synth_ablation.py                      # 3 seeds, every setting
     python benchmarks/synth_ablation.py --seeds 0 --settings global_only full_ccd
+    python benchmarks/synth_ablation.py --set relabel.rounds=2 --tag two-rounds  # a variant
 
 Every setting is a real run of `pipeline.run_ccd` (the code path of jobs/run_ccd.py) on a
 local Ray instance, on a synthetic corpus made from the seed, with the pretrained synthetic
@@ -43,7 +44,7 @@ from ccd_ray.config import load_config  # noqa: E402
 from ccd_ray.embedded import (DEFAULT_CONFIG, STUDENT_BACKBONE_SPEC, TEACHER_SPEC,  # noqa: E402
                               default_cache_dir, make_corpus)
 from ccd_ray.evaluate import FINAL_STAGE  # noqa: E402
-from ccd_ray.pipeline import run_ccd  # noqa: E402
+from ccd_ray.pipeline import check_run_config, run_ccd  # noqa: E402
 from ccd_ray.runtime import init_ray  # noqa: E402
 from ccd_ray.storage import RunStore, read_json  # noqa: E402
 from ccd_ray.synth.backbone import pretrained_backbone  # noqa: E402
@@ -80,13 +81,18 @@ SHARED_STAGES = {"round-0/raw": lambda c: (c.teacher, c.classes, c.initial, c.se
 
 
 def setting_config(name: str, seed: int, corpus: Path, teacher: str, out: Path,
-                   backbone_weights: str | None = None, extra: list[str] = ()):
+                   backbone_weights: str | None = None, extra: list[str] = (),
+                   base: list[str] = (), tag: str = ""):
     """backbone_weights: the student's pretrained body (the world's ImageNet), as in the paper;
-    None trains it from scratch. extra: further --set overrides (for diagnostics)."""
+    None trains it from scratch. base: overrides of the shared schedule, under each setting's
+    own (a variant of the whole table, its run ids marked with tag). extra: overrides over
+    everything (for diagnostics)."""
     backbone = [f"train.backbone_weights={backbone_weights}"] if backbone_weights else []
-    return load_config(DEFAULT_CONFIG, [*BASE, *backbone, *SETTINGS[name][1], f"seed={seed}",
-                                        f"run_id={name}-seed{seed}", f"data.output_uri={out}",
-                                        f"data.corpus_uri={corpus}", f"teacher.model={teacher}",
+    run_id = f"{name}-{tag}-seed{seed}" if tag else f"{name}-seed{seed}"
+    return load_config(DEFAULT_CONFIG, [*BASE, *backbone, *base, *SETTINGS[name][1],
+                                        f"seed={seed}", f"run_id={run_id}",
+                                        f"data.output_uri={out}", f"data.corpus_uri={corpus}",
+                                        f"teacher.model={teacher}",
                                         f"classes.names={list(CLASS_NAMES)}", *extra])
 
 
@@ -106,6 +112,7 @@ def reuse_shared_stages(cfg, donor_cfg, out: Path) -> list[str]:
 def run_setting(cfg) -> dict:
     """Run (or resume) one setting on one seed; return its metrics and wall time."""
     store = RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
+    check_run_config(cfg, store)  # a finished run is read back only if it ran this config
     timing = store.path("ablation_seconds.json")
     if store.committed(FINAL_STAGE) is None:
         started = time.time()
@@ -182,9 +189,16 @@ def main() -> None:
     parser.add_argument("--fresh", action="store_true", help="delete --out first")
     parser.add_argument("--from-scratch", action="store_true",
                         help="train the student's ResNet from random weights (no pretraining)")
+    parser.add_argument("--set", dest="base", action="append", default=[], metavar="KEY=VALUE",
+                        help="change the shared schedule of every setting (under the setting's "
+                             "own overrides); needs --tag")
+    parser.add_argument("--tag", default="", help="marks the run ids of a --set variant")
     parser.add_argument("--no-reuse", action="store_true",
                         help="recompute round-0/raw and train-inputs in every run")
     args = parser.parse_args()
+    if args.base and not args.tag:
+        parser.error("--set changes the runs: give them a --tag so they do not read as the "
+                     "plain table's")
     warnings.filterwarnings("ignore", message="No pretrained weights")
     out = Path(args.out).resolve()
     if args.fresh and out.exists():
@@ -202,7 +216,8 @@ def main() -> None:
             make_corpus(corpus, images=args.images, seed=1000 + seed)
         donor = None
         for name in args.settings:
-            cfg = setting_config(name, seed, corpus, teacher, out, backbone)
+            cfg = setting_config(name, seed, corpus, teacher, out, backbone, base=args.base,
+                                 tag=args.tag)
             if donor is not None and not args.no_reuse:
                 copied = reuse_shared_stages(cfg, donor, out)
                 if copied:
@@ -215,8 +230,9 @@ def main() -> None:
                   f"({result['seconds'] or 0:.0f} s; {time.time() - started:.0f} s so far)",
                   flush=True)
     table = markdown_table(rows_of(results), args.seeds)
-    (out / "ablation.md").write_text(table + "\n")
-    (out / "ablation.json").write_text(json.dumps(
+    stem = f"ablation-{args.tag}" if args.tag else "ablation"
+    (out / f"{stem}.md").write_text(table + "\n")
+    (out / f"{stem}.json").write_text(json.dumps(
         {name: {str(s): r for s, r in runs.items()} for name, runs in results.items()}, indent=2))
     print(table)
 

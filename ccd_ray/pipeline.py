@@ -48,7 +48,7 @@ def log(message: str) -> None:
     print(f"[ccd-ray] {message}", flush=True)
 
 
-def _check_run_config(cfg: CCDConfig, store: RunStore) -> None:
+def check_run_config(cfg: CCDConfig, store: RunStore) -> None:
     """Write the run's config once; a rerun with the same run id must not change the method."""
     path = store.path("config.yaml")
     if exists(store.fs, path):
@@ -167,7 +167,7 @@ def run_ccd(cfg: CCDConfig) -> RunStore:
     """Run (or resume) the whole job; returns the run's store."""
     store = RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
     log(f"run {cfg.run_id!r}: corpus {cfg.data.corpus_uri} -> {store.root}")
-    _check_run_config(cfg, store)
+    check_run_config(cfg, store)
     segments = schedule(cfg)
     _labels_round(cfg, store, 0, None)
     was_committed = store.committed("train-inputs") is not None

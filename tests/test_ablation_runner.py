@@ -77,3 +77,12 @@ def test_table_reports_mean_and_std_over_seeds(ablation):
     assert supervised.split(" | ")[1:4] == ["-", "-", "-"]
     # 91 +- 1 over seeds, but the same world's baseline moves with it: +30 and +28 paired.
     assert supervised.split(" | ")[4:6] == ["91.0 +- 1.0", "+29.0 +- 1.0"]
+
+
+def test_a_table_variant_changes_the_shared_schedule_under_each_settings_own(ablation, tmp_path):
+    def variant(name):
+        return ablation.setting_config(name, 1, tmp_path / "c", "local-dir:/t", tmp_path,
+                                       base=["relabel.rounds=2"], tag="two-rounds")
+    assert variant("full_ccd").relabel.rounds == 2
+    assert variant("global_only").relabel.rounds == 0  # the setting's own override wins
+    assert variant("full_ccd").run_id == "full_ccd-two-rounds-seed1"
