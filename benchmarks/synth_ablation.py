@@ -112,12 +112,13 @@ def reuse_shared_stages(cfg, donor_cfg, out: Path) -> list[str]:
 def run_setting(cfg) -> dict:
     """Run (or resume) one setting on one seed; return its metrics and wall time."""
     store = RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
-    check_run_config(cfg, store)  # a finished run is read back only if it ran this config
     timing = store.path("ablation_seconds.json")
     if store.committed(FINAL_STAGE) is None:
         started = time.time()
-        run_ccd(cfg)
+        run_ccd(cfg)  # checks the run's stored config itself
         Path(timing).write_text(json.dumps({"seconds": time.time() - started}))
+    else:
+        check_run_config(cfg, store)  # a finished run is read back only if it ran this config
     metrics = read_json(store.fs, f"{store.committed(FINAL_STAGE)}/metrics.json")
     seconds = json.loads(Path(timing).read_text())["seconds"] if Path(timing).exists() else None
     return {"metrics": metrics, "seconds": seconds}
