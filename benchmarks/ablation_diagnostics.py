@@ -23,6 +23,9 @@ views: what the relabel round's views hold. From full_ccd's warm-up classifier, 
   classifier trained on round 1's labels (full_ccd's final one, 4 epochs on them).
 
     python benchmarks/ablation_diagnostics.py views --out outputs/ablation --student-side 192
+
+Both read a variant of the table (synth_ablation.py --set ... --tag T) when given the same
+--set values and --tag.
 """
 
 from __future__ import annotations
@@ -85,12 +88,14 @@ def _load_ablation():
 ABLATION = _load_ablation()
 
 
-def run_store(out: Path, setting: str, seed: int, images: int, extra: list[str] = ()):
-    """The config (the ablation's own, plus extra overrides) and store of one ablation run."""
-    cfg = ABLATION.setting_config(setting, seed, out / f"corpus-{images}-seed{seed}",
+def run_store(args, out: Path, setting: str, extra: list[str] = ()):
+    """The config (the ablation's own, of its --set/--tag variant, plus extra overrides) and
+    store of one ablation run of args.seed."""
+    cfg = ABLATION.setting_config(setting, args.seed,
+                                  out / f"corpus-{args.images}-seed{args.seed}",
                                   pretrained_teacher(default_cache_dir(), TEACHER_SPEC), out,
                                   pretrained_backbone(default_cache_dir(), STUDENT_BACKBONE_SPEC),
-                                  extra)
+                                  extra, base=args.base, tag=args.tag)
     return cfg, RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
 
 
@@ -120,7 +125,7 @@ def train_and_score(images, targets, train_rows, holdout_rows, truth, backbone: 
 
 
 def transfer(args, out: Path) -> None:
-    cfg, donor = run_store(out, "global_only", args.seed, args.images)
+    cfg, donor = run_store(args, out, "global_only")
     rows = pads.dataset(donor.committed("train-inputs"), filesystem=donor.fs).to_table().to_pylist()
     ids = [r["image_id"] for r in rows]
     side = cfg.train.image_size
@@ -136,7 +141,7 @@ def transfer(args, out: Path) -> None:
             label_sets[name] = truth
             continue
         labels = (oracle_labels(args, out) if key == "oracle" else
-                  read_labels(run_store(out, setting, args.seed, args.images)[1], round_index))
+                  read_labels(run_store(args, out, setting)[1], round_index))
         label_sets[name] = np.stack([labels[i] for i in ids]).astype(np.float32)
     print(f"| labels (seed {args.seed}) | pseudo mAP, training split | classifier held-out mAP "
           f"per torch seed {args.torch_seeds} | mean |\n|---|---|---|---|")
@@ -161,7 +166,7 @@ def full_ccd_round_inputs(args, out: Path):
     """full_ccd's config and store, the corpus's scenes regenerated (the shards keep labels,
     not boxes) with their ids, uint8 images and truth, and the relabel round's inputs: the
     round-0 debiased labels, the bias vector and the teacher."""
-    cfg, store = run_store(out, "full_ccd", args.seed, args.images)
+    cfg, store = run_store(args, out, "full_ccd")
     scenes = make_scenes(args.images, 1000 + args.seed, size=IMAGE_SIDE,
                          max_objects=MAX_OBJECTS, scale=SCENE_SCALE)
     ids = [f"synth-{1000 + args.seed}-{i:06d}" for i in range(args.images)]
@@ -241,7 +246,7 @@ def views(args, out: Path) -> None:
           "per view | views with exactly one | pseudo mAP | CF1 | OF1 |\n|---|---|---|---|---|---|---|---|")
     print(f"| none (round {args.after_round}) | - | - | - | - | {quality(previous)} |")
     for name, overrides in VIEW_VARIANTS.items():
-        variant, _ = run_store(out, "full_ccd", args.seed, args.images, [*side, *overrides])
+        variant, _ = run_store(args, out, "full_ccd", [*side, *overrides])
         threshold = selection_threshold(probs, variant)
         selected = select_classes(probs, threshold)
         boxes = relabel_boxes(probs, cams, images, ids, threshold, round_index, variant)
@@ -278,7 +283,13 @@ def main() -> None:
                              "after its training on round 1's labels")
     parser.add_argument("--sets", nargs="+", choices=list(LABEL_SETS), default=list(LABEL_SETS),
                         help="transfer: the label sets to train on")
+    parser.add_argument("--set", dest="base", action="append", default=[], metavar="KEY=VALUE",
+                        help="read the runs of synth_ablation's variant made with these --set "
+                             "values (with its --tag)")
+    parser.add_argument("--tag", default="", help="the variant's --tag")
     args = parser.parse_args()
+    if bool(args.base) != bool(args.tag):
+        parser.error("a variant's runs are named by --tag and configured by --set: give both")
     out = Path(args.out).resolve()
     {"transfer": transfer, "views": views}[args.probe](args, out)
 

@@ -4,6 +4,8 @@ paper's ablation table, mean +- std over seeds.
     python benchmarks/synth_ablation.py                      # 3 seeds, every setting
     python benchmarks/synth_ablation.py --seeds 0 --settings global_only full_ccd
     python benchmarks/synth_ablation.py --set relabel.rounds=2 --tag two-rounds  # a variant
+    python benchmarks/synth_ablation.py --set initial.random_crops=10 --tag paper-phase1 \
+        --paired-baseline plain        # a variant's gains over the plain table's global-only
 
 Every setting is a real run of `pipeline.run_ccd` (the code path of jobs/run_ccd.py) on a
 local Ray instance, on a synthetic corpus made from the seed, with the pretrained synthetic
@@ -124,8 +126,10 @@ def run_setting(cfg) -> dict:
     return {"metrics": metrics, "seconds": seconds}
 
 
-def rows_of(results: dict[str, dict[int, dict]]) -> list[tuple[str, dict[str, list[float]]]]:
-    """Table rows: (label, column -> values over seeds)."""
+def rows_of(results: dict[str, dict[int, dict]], baseline: dict[int, dict] | None = None
+            ) -> list[tuple[str, dict[str, list[float]]]]:
+    """Table rows: (label, column -> values over seeds). baseline: the runs, by seed, that the
+    paired gain subtracts; default the table's own global_only."""
     def column(runs: dict[int, dict], pick) -> list[float]:
         return [v for v in (pick(r) for r in runs.values()) if v is not None]
 
@@ -137,7 +141,8 @@ def rows_of(results: dict[str, dict[int, dict]]) -> list[tuple[str, dict[str, li
             "pseudo CF1": column(runs, lambda r: r["metrics"]["teacher_before_debias"]["CF1"]),
             "pseudo OF1": column(runs, lambda r: r["metrics"]["teacher_before_debias"]["OF1"]),
             "classifier mAP": column(runs, lambda r: r["metrics"]["teacher_holdout"]["mAP"])}))
-    baseline = results.get("global_only", {})
+    if baseline is None:
+        baseline = results.get("global_only", {})
     for name, (label, _) in SETTINGS.items():
         if name not in results:
             continue
@@ -155,7 +160,7 @@ def rows_of(results: dict[str, dict[int, dict]]) -> list[tuple[str, dict[str, li
             # row together; the per-seed difference to global-only removes that shared part.
             "paired gain": [runs[s]["metrics"]["classifier_holdout"]["mAP"]
                             - baseline[s]["metrics"]["classifier_holdout"]["mAP"]
-                            for s in runs if s in baseline and name != "global_only"],
+                            for s in runs if s in baseline and runs is not baseline],
             "wall s": column(runs, lambda r: r["seconds"])}))
     return rows
 
@@ -194,12 +199,18 @@ def main() -> None:
                         help="change the shared schedule of every setting (under the setting's "
                              "own overrides); needs --tag")
     parser.add_argument("--tag", default="", help="marks the run ids of a --set variant")
+    parser.add_argument("--paired-baseline", choices=("variant", "plain"), default="variant",
+                        help="the global-only runs a --set variant's paired gain subtracts: its "
+                             "own, or the plain table's (run or read back from --out)")
     parser.add_argument("--no-reuse", action="store_true",
                         help="recompute round-0/raw and train-inputs in every run")
     args = parser.parse_args()
     if args.base and not args.tag:
         parser.error("--set changes the runs: give them a --tag so they do not read as the "
                      "plain table's")
+    if args.paired_baseline == "plain" and not args.tag:
+        parser.error("--paired-baseline plain compares a --set/--tag variant with the plain "
+                     "table")
     warnings.filterwarnings("ignore", message="No pretrained weights")
     out = Path(args.out).resolve()
     if args.fresh and out.exists():
@@ -230,7 +241,18 @@ def main() -> None:
             print(f"[ablation] {name} seed {seed}: classifier mAP {holdout:.1f} "
                   f"({result['seconds'] or 0:.0f} s; {time.time() - started:.0f} s so far)",
                   flush=True)
-    table = markdown_table(rows_of(results), args.seeds)
+    baseline, title = None, ""
+    if args.tag:
+        title = (f"Variant `{args.tag}`: {' '.join(f'--set {b}' for b in args.base)} under every "
+                 f"setting's own overrides; paired gain against the "
+                 f"{'plain table' if args.paired_baseline == 'plain' else 'variant'}'s "
+                 f"global-only runs.\n\n")
+    if args.tag and args.paired_baseline == "plain":
+        baseline = {seed: run_setting(setting_config("global_only", seed,
+                                                     out / f"corpus-{args.images}-seed{seed}",
+                                                     teacher, out, backbone))
+                    for seed in args.seeds}
+    table = title + markdown_table(rows_of(results, baseline), args.seeds)
     stem = f"ablation-{args.tag}" if args.tag else "ablation"
     (out / f"{stem}.md").write_text(table + "\n")
     (out / f"{stem}.json").write_text(json.dumps(

@@ -86,3 +86,19 @@ def test_a_table_variant_changes_the_shared_schedule_under_each_settings_own(abl
     assert variant("full_ccd").relabel.rounds == 2
     assert variant("global_only").relabel.rounds == 0  # the setting's own override wins
     assert variant("full_ccd").run_id == "full_ccd-two-rounds-seed1"
+
+
+def test_a_variant_can_be_paired_with_the_plain_tables_global_only(ablation):
+    def run(holdout: float) -> dict:
+        scores = {"mAP": 70.0, "CF1": 50.0, "OF1": 60.0}
+        return {"metrics": {"teacher_before_debias": scores, "teacher_holdout": {"mAP": 40.0},
+                            "rounds": [scores], "classifier_holdout": {"mAP": holdout}},
+                "seconds": 100.0}
+
+    variant = {"global_only": {0: run(66), 1: run(67)}, "full_ccd": {0: run(68), 1: run(70)}}
+    plain_global = {0: run(60), 1: run(64)}
+    rows = dict(ablation.rows_of(variant, plain_global))
+    # the variant's own global-only is now a row with a gain: +6 and +3 on the same worlds
+    assert rows["global-only labels -> classifier"]["paired gain"] == [6.0, 3.0]
+    assert rows["+ consistency (full CCD)"]["paired gain"] == [8.0, 6.0]
+    assert dict(ablation.rows_of(variant))["+ consistency (full CCD)"]["paired gain"] == [2.0, 3.0]
