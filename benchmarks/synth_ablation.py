@@ -126,17 +126,24 @@ def run_setting(cfg) -> dict:
     return {"metrics": metrics, "seconds": seconds}
 
 
-def rows_of(results: dict[str, dict[int, dict]], baseline: dict[int, dict] | None = None
-            ) -> list[tuple[str, dict[str, list[float]]]]:
+def initial_views(cfg) -> str:
+    """The views the initial labels take the teacher's max over."""
+    crops = cfg.initial.random_crops
+    return "global view" + (f" + {crops} random crops" if crops else "")
+
+
+def rows_of(results: dict[str, dict[int, dict]], baseline: dict[int, dict] | None = None,
+            initial: str = "global view") -> list[tuple[str, dict[str, list[float]]]]:
     """Table rows: (label, column -> values over seeds). baseline: the runs, by seed, that the
-    paired gain subtracts; default the table's own global_only."""
+    paired gain subtracts; default the table's own global_only. initial: initial_views of the
+    runs, which the zero-shot and global-only rows are."""
     def column(runs: dict[int, dict], pick) -> list[float]:
         return [v for v in (pick(r) for r in runs.values()) if v is not None]
 
     rows = []
     if "global_only" in results:
         runs = results["global_only"]
-        rows.append(("teacher zero-shot (global view)", {
+        rows.append((f"teacher zero-shot ({initial})", {
             "pseudo mAP": column(runs, lambda r: r["metrics"]["teacher_before_debias"]["mAP"]),
             "pseudo CF1": column(runs, lambda r: r["metrics"]["teacher_before_debias"]["CF1"]),
             "pseudo OF1": column(runs, lambda r: r["metrics"]["teacher_before_debias"]["OF1"]),
@@ -148,6 +155,8 @@ def rows_of(results: dict[str, dict[int, dict]], baseline: dict[int, dict] | Non
             continue
         runs = results[name]
         pseudo = name != "supervised"
+        if name == "global_only" and initial != "global view":
+            label = f"initial labels ({initial}) -> classifier"
         rows.append((label, {
             "pseudo mAP": column(runs, lambda r: r["metrics"]["rounds"][-1]["mAP"]
                                  if pseudo else None),
@@ -252,7 +261,9 @@ def main() -> None:
                                                      out / f"corpus-{args.images}-seed{seed}",
                                                      teacher, out, backbone))
                     for seed in args.seeds}
-    table = title + markdown_table(rows_of(results, baseline), args.seeds)
+    views = initial_views(setting_config("global_only", seed, corpus, teacher, out,
+                                         base=args.base))
+    table = title + markdown_table(rows_of(results, baseline, views), args.seeds)
     stem = f"ablation-{args.tag}" if args.tag else "ablation"
     (out / f"{stem}.md").write_text(table + "\n")
     (out / f"{stem}.json").write_text(json.dumps(

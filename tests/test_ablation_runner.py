@@ -102,3 +102,18 @@ def test_a_variant_can_be_paired_with_the_plain_tables_global_only(ablation):
     assert rows["global-only labels -> classifier"]["paired gain"] == [6.0, 3.0]
     assert rows["+ consistency (full CCD)"]["paired gain"] == [8.0, 6.0]
     assert dict(ablation.rows_of(variant))["+ consistency (full CCD)"]["paired gain"] == [2.0, 3.0]
+
+
+def test_rows_name_the_views_of_the_initial_labels(ablation, tmp_path):
+    crops = ablation.setting_config("global_only", 0, tmp_path / "c", "local-dir:/t", tmp_path,
+                                    base=["initial.random_crops=10"], tag="crops")
+    plain = ablation.setting_config("global_only", 0, tmp_path / "c", "local-dir:/t", tmp_path)
+    assert ablation.initial_views(plain) == "global view"
+    assert ablation.initial_views(crops) == "global view + 10 random crops"
+    scores = {"mAP": 70.0, "CF1": 50.0, "OF1": 60.0}
+    run = {"metrics": {"teacher_before_debias": scores, "teacher_holdout": {"mAP": 40.0},
+                       "rounds": [scores], "classifier_holdout": {"mAP": 60.0}}, "seconds": 1.0}
+    labels = [label for label, _ in ablation.rows_of({"global_only": {0: run}}, None,
+                                                     ablation.initial_views(crops))]
+    assert labels == ["teacher zero-shot (global view + 10 random crops)",
+                      "initial labels (global view + 10 random crops) -> classifier"]
