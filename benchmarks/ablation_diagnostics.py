@@ -23,8 +23,10 @@ views: what the relabel round's views hold. From full_ccd's warm-up classifier, 
   classifier trained on round 1's labels (full_ccd's final one, 4 epochs on them).
 
     python benchmarks/ablation_diagnostics.py views --out outputs/ablation --student-side 192
+fusion: which labels full_ccd's relabel fusion moves across labels.threshold (round 0 ->
+  round 1 on the training split), and how many of them are true.
 
-Both read a variant of the table (synth_ablation.py --set ... --tag T) when given the same
+All probes read a variant of the table (synth_ablation.py --set ... --tag T) when given the same
 --set values and --tag.
 """
 
@@ -262,9 +264,37 @@ def views(args, out: Path) -> None:
               flush=True)
 
 
+def fusion(args, out: Path) -> None:
+    """What full_ccd's relabel fusion changes: the labels it moves across labels.threshold
+    between round 0 (debiased) and round 1, and how many of them are true."""
+    cfg, store = run_store(args, out, "full_ccd")
+    before, after = read_labels(store, 0), read_labels(store, 1)
+    ids = sorted(before)
+    train = np.array([not is_holdout(i, cfg.train.holdout_fraction, cfg.seed) for i in ids])
+    truth = truth_matrix(corpus_truth(cfg), ids, CLASS_NAMES)[train].astype(bool)
+    old = np.stack([before[i] for i in ids])[train]
+    new = np.stack([after[i] for i in ids])[train]
+    threshold = cfg.labels.threshold
+    lost, gained = (old >= threshold) & (new < threshold), (old < threshold) & (new >= threshold)
+
+    def share_true(moved: np.ndarray) -> str:
+        return f"{truth[moved].mean():.2f}" if moved.any() else "-"
+
+    def count(labels: np.ndarray) -> str:
+        positive = labels >= threshold
+        return f"{int(positive.sum())} ({int((positive & truth).sum())})"
+
+    print(f"| seed | training images | true labels | labels at {threshold}, round 0 (true) | "
+          f"round 1 (true) | lost (share true) | gained (share true) |\n"
+          f"|---|---|---|---|---|---|---|")
+    print(f"| {args.seed} | {int(train.sum())} | {int(truth.sum())} | {count(old)} | "
+          f"{count(new)} | {int(lost.sum())} ({share_true(lost)}) | {int(gained.sum())} "
+          f"({share_true(gained)}) |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=("transfer", "views"))
+    parser.add_argument("probe", choices=("transfer", "views", "fusion"))
     parser.add_argument("--out", required=True, help="the ablation's --out folder")
     parser.add_argument("--seed", type=int, default=0, help="the ablation seed to read")
     parser.add_argument("--images", type=int, default=300, help="the ablation's --images")
@@ -291,7 +321,7 @@ def main() -> None:
     if bool(args.base) != bool(args.tag):
         parser.error("a variant's runs are named by --tag and configured by --set: give both")
     out = Path(args.out).resolve()
-    {"transfer": transfer, "views": views}[args.probe](args, out)
+    {"transfer": transfer, "views": views, "fusion": fusion}[args.probe](args, out)
 
 
 if __name__ == "__main__":
