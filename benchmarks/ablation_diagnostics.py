@@ -94,7 +94,7 @@ def run_store(args, out: Path, setting: str, extra: list[str] = ()):
     """The config (the ablation's own, of its --set/--tag variant, plus extra overrides) and
     store of one ablation run of args.seed."""
     cfg = ABLATION.setting_config(setting, args.seed,
-                                  out / f"corpus-{args.images}-seed{args.seed}",
+                                  ABLATION.corpus_path(out, args.images, args.seed),
                                   pretrained_teacher(default_cache_dir(), TEACHER_SPEC), out,
                                   pretrained_backbone(default_cache_dir(), STUDENT_BACKBONE_SPEC),
                                   extra, base=args.base, tag=args.tag)

@@ -82,6 +82,11 @@ SHARED_STAGES = {"round-0/raw": lambda c: (c.teacher, c.classes, c.initial, c.se
                                             c.train.holdout_fraction)}
 
 
+def corpus_path(out: Path, images: int, seed: int) -> Path:
+    """Where a seed's corpus of that many scenes is made (once; every setting reads it)."""
+    return out / f"corpus-{images}-seed{seed}"
+
+
 def setting_config(name: str, seed: int, corpus: Path, teacher: str, out: Path,
                    backbone_weights: str | None = None, extra: list[str] = (),
                    base: list[str] = (), tag: str = ""):
@@ -169,7 +174,7 @@ def rows_of(results: dict[str, dict[int, dict]], baseline: dict[int, dict] | Non
             # row together; the per-seed difference to global-only removes that shared part.
             "paired gain": [runs[s]["metrics"]["classifier_holdout"]["mAP"]
                             - baseline[s]["metrics"]["classifier_holdout"]["mAP"]
-                            for s in runs if s in baseline and runs is not baseline],
+                            for s in runs if s in baseline and runs is not baseline],  # not itself
             "wall s": column(runs, lambda r: r["seconds"])}))
     return rows
 
@@ -232,7 +237,7 @@ def main() -> None:
     results: dict[str, dict[int, dict]] = {}
     started = time.time()
     for seed in args.seeds:
-        corpus = out / f"corpus-{args.images}-seed{seed}"
+        corpus = corpus_path(out, args.images, seed)
         if not corpus.is_dir():
             make_corpus(corpus, images=args.images, seed=1000 + seed)
         donor = None
@@ -258,12 +263,13 @@ def main() -> None:
                  f"global-only runs.\n\n")
     if args.tag and args.paired_baseline == "plain":
         baseline = {seed: run_setting(setting_config("global_only", seed,
-                                                     out / f"corpus-{args.images}-seed{seed}",
+                                                     corpus_path(out, args.images, seed),
                                                      teacher, out, backbone))
                     for seed in args.seeds}
-    views = initial_views(setting_config("global_only", seed, corpus, teacher, out,
-                                         base=args.base))
-    table = title + markdown_table(rows_of(results, baseline, views), args.seeds)
+    initial = initial_views(setting_config("global_only", args.seeds[0],
+                                           corpus_path(out, args.images, args.seeds[0]),
+                                           teacher, out, base=args.base))
+    table = title + markdown_table(rows_of(results, baseline, initial), args.seeds)
     stem = f"ablation-{args.tag}" if args.tag else "ablation"
     (out / f"{stem}.md").write_text(table + "\n")
     (out / f"{stem}.json").write_text(json.dumps(
