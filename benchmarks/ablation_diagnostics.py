@@ -101,6 +101,11 @@ def run_store(args, out: Path, setting: str, extra: list[str] = ()):
     return cfg, RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
 
 
+def training_split(cfg, ids: list[str]) -> np.ndarray:
+    """Bool mask of the ids the run trained on (not held out)."""
+    return np.array([not is_holdout(i, cfg.train.holdout_fraction, cfg.seed) for i in ids])
+
+
 def train_student(inputs: torch.Tensor, targets: torch.Tensor, train_rows: torch.Tensor,
                   backbone: str, torch_seed: int, epochs: int) -> CAMClassifier:
     """The ablation's student (its pretrained body, lr, head factor and batch; no consistency
@@ -208,7 +213,7 @@ def views(args, out: Path) -> None:
     cfg, store, scenes, ids, images, truth, previous, bias, teacher = full_ccd_round_inputs(
         args, out)
     lc = cfg.labels
-    train = np.array([not is_holdout(i, cfg.train.holdout_fraction, cfg.seed) for i in ids])
+    train = training_split(cfg, ids)
     student_side = args.student_side or cfg.train.image_size
     side = [f"train.image_size={student_side}"]
     warm_up_epochs = args.warm_up_epochs or cfg.train.warmup_epochs
@@ -270,7 +275,7 @@ def fusion(args, out: Path) -> None:
     cfg, store = run_store(args, out, "full_ccd")
     before, after = read_labels(store, 0), read_labels(store, 1)
     ids = sorted(before)
-    train = np.array([not is_holdout(i, cfg.train.holdout_fraction, cfg.seed) for i in ids])
+    train = training_split(cfg, ids)
     truth = truth_matrix(corpus_truth(cfg), ids, CLASS_NAMES)[train].astype(bool)
     old = np.stack([before[i] for i in ids])[train]
     new = np.stack([after[i] for i in ids])[train]

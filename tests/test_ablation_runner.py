@@ -57,13 +57,15 @@ def test_shared_stages_are_copied_only_when_their_inputs_match(ablation, tmp_pat
     assert ablation.reuse_shared_stages(other_seed, donor, tmp_path) == []
 
 
-def test_table_reports_mean_and_std_over_seeds(ablation):
-    def run(pseudo: float, holdout: float) -> dict:
-        scores = {"mAP": pseudo, "CF1": 50.0, "OF1": 60.0}
-        return {"metrics": {"teacher_before_debias": scores, "teacher_holdout": {"mAP": 40.0},
-                            "rounds": [scores], "classifier_holdout": {"mAP": holdout}},
-                "seconds": 100.0}
+def run(pseudo: float = 70.0, holdout: float = 60.0) -> dict:
+    """What run_setting returns for one finished run: its metrics and wall time."""
+    scores = {"mAP": pseudo, "CF1": 50.0, "OF1": 60.0}
+    return {"metrics": {"teacher_before_debias": scores, "teacher_holdout": {"mAP": 40.0},
+                        "rounds": [scores], "classifier_holdout": {"mAP": holdout}},
+            "seconds": 100.0}
 
+
+def test_table_reports_mean_and_std_over_seeds(ablation):
     results = {"global_only": {0: run(70, 60), 1: run(72, 64)},
                "supervised": {0: run(0, 90), 1: run(0, 92)}}
     table = ablation.markdown_table(ablation.rows_of(results), [0, 1])
@@ -89,14 +91,9 @@ def test_a_table_variant_changes_the_shared_schedule_under_each_settings_own(abl
 
 
 def test_a_variant_can_be_paired_with_the_plain_tables_global_only(ablation):
-    def run(holdout: float) -> dict:
-        scores = {"mAP": 70.0, "CF1": 50.0, "OF1": 60.0}
-        return {"metrics": {"teacher_before_debias": scores, "teacher_holdout": {"mAP": 40.0},
-                            "rounds": [scores], "classifier_holdout": {"mAP": holdout}},
-                "seconds": 100.0}
-
-    variant = {"global_only": {0: run(66), 1: run(67)}, "full_ccd": {0: run(68), 1: run(70)}}
-    plain_global = {0: run(60), 1: run(64)}
+    variant = {"global_only": {0: run(holdout=66), 1: run(holdout=67)},
+               "full_ccd": {0: run(holdout=68), 1: run(holdout=70)}}
+    plain_global = {0: run(holdout=60), 1: run(holdout=64)}
     rows = dict(ablation.rows_of(variant, plain_global))
     # the variant's own global-only is now a row with a gain: +6 and +3 on the same worlds
     assert rows["global-only labels -> classifier"]["paired gain"] == [6.0, 3.0]
@@ -110,10 +107,7 @@ def test_rows_name_the_views_of_the_initial_labels(ablation, tmp_path):
     plain = ablation.setting_config("global_only", 0, tmp_path / "c", "local-dir:/t", tmp_path)
     assert ablation.initial_views(plain) == "global view"
     assert ablation.initial_views(crops) == "global view + 10 random crops"
-    scores = {"mAP": 70.0, "CF1": 50.0, "OF1": 60.0}
-    run = {"metrics": {"teacher_before_debias": scores, "teacher_holdout": {"mAP": 40.0},
-                       "rounds": [scores], "classifier_holdout": {"mAP": 60.0}}, "seconds": 1.0}
-    labels = [label for label, _ in ablation.rows_of({"global_only": {0: run}}, None,
+    labels = [label for label, _ in ablation.rows_of({"global_only": {0: run()}}, None,
                                                      ablation.initial_views(crops))]
     assert labels == ["teacher zero-shot (global view + 10 random crops)",
                       "initial labels (global view + 10 random crops) -> classifier"]
