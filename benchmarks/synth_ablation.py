@@ -6,6 +6,9 @@ paper's ablation table, mean +- std over seeds.
     python benchmarks/synth_ablation.py --set relabel.rounds=2 --tag two-rounds  # a variant
     python benchmarks/synth_ablation.py --set initial.random_crops=10 --tag paper-phase1 \
         --paired-baseline plain        # a variant's gains over the plain table's global-only
+    python benchmarks/synth_ablation.py --set train.image_size=192 --set initial.random_crops=10 \
+        --tag crops-192 --baseline-tag s192 --baseline-set train.image_size=192
+                                       # ... or over another variant's global-only
 
 Every setting is a real run of `pipeline.run_ccd` (the code path of jobs/run_ccd.py) on a
 local Ray instance, on a synthetic corpus made from the seed, with the pretrained synthetic
@@ -216,6 +219,11 @@ def main() -> None:
     parser.add_argument("--paired-baseline", choices=("variant", "plain"), default="variant",
                         help="the global-only runs a --set variant's paired gain subtracts: its "
                              "own, or the plain table's (run or read back from --out)")
+    parser.add_argument("--baseline-tag", default="",
+                        help="pair a variant instead with the global-only runs of another "
+                             "variant (its --tag; run or read back from --out)")
+    parser.add_argument("--baseline-set", action="append", default=[], metavar="KEY=VALUE",
+                        help="the --set values of the --baseline-tag variant")
     parser.add_argument("--no-reuse", action="store_true",
                         help="recompute round-0/raw and train-inputs in every run")
     args = parser.parse_args()
@@ -225,6 +233,11 @@ def main() -> None:
     if args.paired_baseline == "plain" and not args.tag:
         parser.error("--paired-baseline plain compares a --set/--tag variant with the plain "
                      "table")
+    if args.baseline_set and not args.baseline_tag:
+        parser.error("--baseline-set configures the runs of a --baseline-tag variant")
+    if args.baseline_tag and (args.paired_baseline == "plain" or not args.tag):
+        parser.error("--baseline-tag pairs a --set/--tag variant with another variant, not "
+                     "with the plain table")
     warnings.filterwarnings("ignore", message="No pretrained weights")
     out = Path(args.out).resolve()
     if args.fresh and out.exists():
@@ -257,14 +270,18 @@ def main() -> None:
                   flush=True)
     baseline, title = None, ""
     if args.tag:
+        against = ("the plain table's" if args.paired_baseline == "plain" else
+                   f"variant `{args.baseline_tag}`'s "
+                   f"({' '.join(f'--set {b}' for b in args.baseline_set)})"
+                   if args.baseline_tag else "the variant's own")
         title = (f"Variant `{args.tag}`: {' '.join(f'--set {b}' for b in args.base)} under every "
-                 f"setting's own overrides; paired gain against the "
-                 f"{'plain table' if args.paired_baseline == 'plain' else 'variant'}'s "
-                 f"global-only runs.\n\n")
-    if args.tag and args.paired_baseline == "plain":
+                 f"setting's own overrides; paired gain against {against} global-only runs.\n\n")
+    if args.tag and (args.paired_baseline == "plain" or args.baseline_tag):
         baseline = {seed: run_setting(setting_config("global_only", seed,
                                                      corpus_path(out, args.images, seed),
-                                                     teacher, out, backbone))
+                                                     teacher, out, backbone,
+                                                     base=args.baseline_set,
+                                                     tag=args.baseline_tag))
                     for seed in args.seeds}
     initial = initial_views(setting_config("global_only", args.seeds[0],
                                            corpus_path(out, args.images, args.seeds[0]),

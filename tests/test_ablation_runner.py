@@ -111,3 +111,17 @@ def test_rows_name_the_views_of_the_initial_labels(ablation, tmp_path):
                                                      ablation.initial_views(crops))]
     assert labels == ["teacher zero-shot (global view + 10 random crops)",
                       "initial labels (global view + 10 random crops) -> classifier"]
+
+
+@pytest.mark.parametrize("argv, complaint", [
+    (["--baseline-set", "train.image_size=192"], "--baseline-set configures"),
+    (["--set", "train.image_size=192", "--tag", "s192", "--paired-baseline", "plain",
+      "--baseline-tag", "other"], "not with the plain table"),
+    (["--baseline-tag", "other"], "not with the plain table"),
+])
+def test_a_baseline_variant_needs_a_variant_to_pair(ablation, monkeypatch, capsys, argv,
+                                                    complaint):
+    monkeypatch.setattr("sys.argv", ["synth_ablation.py", *argv])
+    with pytest.raises(SystemExit):
+        ablation.main()
+    assert complaint in capsys.readouterr().err
