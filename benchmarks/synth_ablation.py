@@ -269,14 +269,18 @@ def main() -> None:
                   f"({result['seconds'] or 0:.0f} s; {time.time() - started:.0f} s so far)",
                   flush=True)
     baseline, title = None, ""
+    # the plain table is the baseline variant with no --set values and no tag
+    other_baseline = args.paired_baseline == "plain" or bool(args.baseline_tag)
     if args.tag:
-        against = ("the plain table's" if args.paired_baseline == "plain" else
-                   f"variant `{args.baseline_tag}`'s "
-                   f"({' '.join(f'--set {b}' for b in args.baseline_set)})"
-                   if args.baseline_tag else "the variant's own")
+        against = "the variant's own"
+        if args.paired_baseline == "plain":
+            against = "the plain table's"
+        elif args.baseline_tag:
+            sets = " ".join(f"--set {b}" for b in args.baseline_set)
+            against = f"variant `{args.baseline_tag}`'s ({sets})"
         title = (f"Variant `{args.tag}`: {' '.join(f'--set {b}' for b in args.base)} under every "
                  f"setting's own overrides; paired gain against {against} global-only runs.\n\n")
-    if args.tag and (args.paired_baseline == "plain" or args.baseline_tag):
+    if args.tag and other_baseline:
         baseline = {seed: run_setting(setting_config("global_only", seed,
                                                      corpus_path(out, args.images, seed),
                                                      teacher, out, backbone,
