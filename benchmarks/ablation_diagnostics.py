@@ -280,20 +280,20 @@ def fusion(args, out: Path) -> None:
     old = np.stack([before[i] for i in ids])[train]
     new = np.stack([after[i] for i in ids])[train]
     threshold = cfg.labels.threshold
-    lost, gained = (old >= threshold) & (new < threshold), (old < threshold) & (new >= threshold)
+    was, now = label_ops.binarize(old, threshold), label_ops.binarize(new, threshold)
+    lost, gained = was & ~now, ~was & now
 
     def share_true(moved: np.ndarray) -> str:
         return f"{truth[moved].mean():.2f}" if moved.any() else "-"
 
-    def count(labels: np.ndarray) -> str:
-        positive = labels >= threshold
+    def count(positive: np.ndarray) -> str:
         return f"{int(positive.sum())} ({int((positive & truth).sum())})"
 
     print(f"| seed | training images | true labels | labels at {threshold}, round 0 (true) | "
           f"round 1 (true) | lost (share true) | gained (share true) |\n"
           f"|---|---|---|---|---|---|---|")
-    print(f"| {args.seed} | {int(train.sum())} | {int(truth.sum())} | {count(old)} | "
-          f"{count(new)} | {int(lost.sum())} ({share_true(lost)}) | {int(gained.sum())} "
+    print(f"| {args.seed} | {int(train.sum())} | {int(truth.sum())} | {count(was)} | "
+          f"{count(now)} | {int(lost.sum())} ({share_true(lost)}) | {int(gained.sum())} "
           f"({share_true(gained)}) |")
 
 
