@@ -1,17 +1,24 @@
-"""Why the SynthScenes ablation comes out as it does: two probes of a finished ablation
+"""Why the SynthScenes ablation comes out as it does: probes of a finished ablation
 (benchmarks/synth_ablation.py --out OUT), each in one process without Ray.
 
     python benchmarks/ablation_diagnostics.py transfer --out outputs/ablation --seed 0
     python benchmarks/ablation_diagnostics.py transfer --out outputs/ablation --sets oracle truth
+    python benchmarks/ablation_diagnostics.py export --out outputs/ablation --seed 0 --bundle B
     python benchmarks/ablation_diagnostics.py views --out outputs/ablation --seed 0
 
 transfer: does a better pseudo-label set make a better classifier? Trains the ablation's
-  student (same pretrained backbone, lr, batch, 6 epochs, no consistency term) on one fixed
-  label set at a time, several torch seeds each, and scores held-out mAP: the labels' effect
-  without the pipeline's schedule, and how far the training seed alone moves the classifier.
-  One set is an oracle: full CCD's relabel round with the views placed around each object's
-  true box instead of the CAM's (same views per box, offset, jitter, debias and fusion), the
-  most any view guidance can give with this teacher.
+  student (label_transfer.py: same pretrained backbone, lr, batch, 6 epochs, no consistency
+  term) on one fixed label set at a time, several torch seeds each, and scores held-out mAP:
+  the labels' effect without the pipeline's schedule, and how far the training seed alone
+  moves the classifier. One set is an oracle: full CCD's relabel round with the views placed
+  around each object's true box instead of the CAM's (same views per box, offset, jitter,
+  debias and fusion), the most any view guidance can give with this teacher. Three more take
+  full CCD's relabel apart: its round-0 labels (the initial ones debiased), its round 1
+  without the debias (raw initial labels fused with the raw view scores), and the views alone.
+export: transfer's label sets written into a label bundle folder (--bundle) instead of trained
+  here; run it for several seeds and variants into one folder, then train them all with
+  label_transfer.py, on a GPU machine without Ray if there is one. Export every world's sets
+  in the same order: each set's paired difference is taken against its world's first.
 views: what the relabel round's views hold. From full_ccd's warm-up classifier, one relabel
   round (reference.relabel_round, the same functions as the Ray stages) with the configured
   class selection and CAM views, the authors' selection, CAM region and box, and random crops:
@@ -34,7 +41,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +54,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ccd_ray import labels as label_ops  # noqa: E402
 from ccd_ray.cam import select_classes  # noqa: E402
-from ccd_ray.classifier import (CAMClassifier, load_classifier, normalise,  # noqa: E402
-                                prepare_images)
+from ccd_ray.classifier import load_classifier, prepare_images  # noqa: E402
 from ccd_ray.embedded import (IMAGE_SIDE, MAX_OBJECTS, SCENE_SCALE,  # noqa: E402
                               STUDENT_BACKBONE_SPEC, TEACHER_SPEC, default_cache_dir)
 from ccd_ray.evaluate import corpus_truth, truth_matrix  # noqa: E402
@@ -60,13 +68,18 @@ from ccd_ray.synth.pretrain import pretrained_teacher  # noqa: E402
 from ccd_ray.synth.scenes import CLASS_NAMES, make_scenes  # noqa: E402
 from ccd_ray.teacher import Teacher  # noqa: E402
 from ccd_ray.trainer import is_holdout  # noqa: E402
-from ccd_ray.training import batch_indices, train_epoch  # noqa: E402
 from ccd_ray.views import box_guided_boxes, rng_for  # noqa: E402
 
-# transfer's label sets: key -> (row label, the ablation setting and round whose labels it is)
-LABEL_SETS = {"global": ("global-only labels (round 0)", "global_only", 0),
+# transfer's label sets: key -> (row label, the ablation setting and round whose labels it
+# is); those without are computed from full_ccd's stages (label_set)
+LABEL_SETS = {"global": ("initial labels (global_only, round 0)", "global_only", 0),
+              "debiased": ("initial labels debiased (full_ccd, round 0)", "full_ccd", 0),
               "cam_relabel": ("+ CAM-guided relabel (round 1)", "cam_relabel", 1),
               "full_ccd": ("full CCD (round 1)", "full_ccd", 1),
+              "views_alone": ("full CCD's round-1 CAM views alone (raw, no debias or fusion)",
+                              None, None),
+              "not_debiased": ("full CCD's round 1 without debias (raw initial fused with raw "
+                               "views)", None, None),
               "oracle": ("full CCD, true-box views (oracle round 1)", None, None),
               "truth": ("ground truth", None, None)}
 VIEW_VARIANTS = {"CAM views, threshold selection (as run)": [],
@@ -79,15 +92,15 @@ VIEW_VARIANTS = {"CAM views, threshold selection (as run)": [],
                  "random crops (as random_views)": ["relabel.view_source=random"]}
 
 
-def _load_ablation():
-    spec = importlib.util.spec_from_file_location(
-        "synth_ablation", Path(__file__).with_name("synth_ablation.py"))
+def _load_sibling(name: str):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-ABLATION = _load_ablation()
+ABLATION = _load_sibling("synth_ablation")
+TRANSFER = _load_sibling("label_transfer")
 
 
 def run_store(args, out: Path, setting: str, extra: list[str] = ()):
@@ -106,60 +119,75 @@ def training_split(cfg, ids: list[str]) -> np.ndarray:
     return np.array([not is_holdout(i, cfg.train.holdout_fraction, cfg.seed) for i in ids])
 
 
-def train_student(inputs: torch.Tensor, targets: torch.Tensor, train_rows: torch.Tensor,
-                  backbone: str, torch_seed: int, epochs: int) -> CAMClassifier:
-    """The ablation's student (its pretrained body, lr, head factor and batch; no consistency
-    term) trained on fixed soft targets; inputs: normalised N x 3 x S x S."""
-    torch.manual_seed(torch_seed)
-    model = CAMClassifier("resnet18", len(CLASS_NAMES), backbone)
-    optimizer = torch.optim.Adam(model.param_groups(3e-4, 10.0))
-    generator = torch.Generator().manual_seed(torch_seed)
-    for epoch in range(epochs):
-        order = train_rows[torch.randperm(len(train_rows), generator=generator)]
-        batches = [(inputs[i], targets[i], None) for i in batch_indices(order, 16)]
-        train_epoch(model, optimizer, batches, epoch, 0.0, 2, generator)
-    return model
+def label_set(args, out: Path, key: str, ids: list[str]) -> np.ndarray:
+    """One of LABEL_SETS (not the truth) as float32 rows in the order of ids."""
+    _, setting, round_index = LABEL_SETS[key]
+    if setting is not None:
+        by_image = read_labels(run_store(args, out, setting)[1], round_index)
+    elif key == "oracle":
+        by_image = oracle_labels(args, out)
+    else:
+        cfg, store = run_store(args, out, "full_ccd")
+        raw = {}
+        for round_index in (0, 1):
+            raw_ids, scores, _ = read_scores(store.fs, store.committed(raw_stage(round_index)))
+            raw[round_index] = torch.from_numpy(scores[[raw_ids.index(i) for i in ids]])
+        by_image = dict(zip(ids, (raw[1] if key == "views_alone" else
+                                  label_ops.fuse(raw[0], raw[1], cfg.labels.alpha)).numpy()))
+    return np.stack([by_image[i] for i in ids]).astype(np.float32)
 
 
-def train_and_score(images, targets, train_rows, holdout_rows, truth, backbone: str,
-                    torch_seed: int, epochs: int = 6) -> float:
-    inputs = normalise(images)
-    model = train_student(inputs, targets, train_rows, backbone, torch_seed, epochs)
-    model.eval()
-    with torch.no_grad():
-        probs = torch.sigmoid(model(inputs[holdout_rows])[0]).numpy()
-    return 100 * mean_average_precision(probs, truth[holdout_rows.numpy()])
+def export(args, out: Path, bundle: Path) -> None:
+    """Write the label sets of args.seed's world into a label bundle for label_transfer.py:
+    the world's 96-px scenes, split and truth once (checked equal if already there), and each
+    set's labels at the variant's train.image_size."""
+    cfg, donor = run_store(args, out, "global_only")
+    side = cfg.train.image_size
+    rows = pads.dataset(donor.committed("train-inputs"), filesystem=donor.fs).to_table().to_pylist()
+    by_id = {r["image_id"]: r for r in rows}
+    _, ids, images = world_scenes(args, cfg)
+    pipeline_inputs = torch.stack([torch.frombuffer(bytearray(by_id[i]["pixels"]),
+                                                    dtype=torch.uint8).reshape(3, side, side)
+                                   for i in ids])
+    scene_pixels = torch.stack(images).numpy()
+    if not torch.equal(TRANSFER.student_inputs(scene_pixels, side), pipeline_inputs):
+        raise SystemExit("the scenes resized here differ from the run's train-inputs")
+    holdout = np.array([by_id[i]["holdout"] for i in ids])
+    truth = truth_matrix(corpus_truth(cfg), ids, CLASS_NAMES).astype(np.float32)
+    bundle.mkdir(parents=True, exist_ok=True)
+    world = bundle / TRANSFER.world_file(args.seed)
+    if world.exists():
+        with np.load(world) as data:
+            if not (list(data["ids"]) == ids and np.array_equal(data["holdout"], holdout)
+                    and np.array_equal(data["scenes"], scene_pixels)):
+                raise SystemExit(f"{world} holds another world: a different --images or ablation?")
+    else:
+        np.savez_compressed(world, ids=np.array(ids), scenes=scene_pixels, holdout=holdout,
+                            truth=truth, class_names=np.array(CLASS_NAMES))
+    manifest_path = bundle / TRANSFER.MANIFEST
+    manifest = (json.loads(manifest_path.read_text()) if manifest_path.exists()
+                else {"backbone": cfg.train.backbone_weights, "sets": []})
+    train = ~holdout
+    for key in args.sets:
+        name = LABEL_SETS[key][0]
+        labels = truth if key == "truth" else label_set(args, out, key, ids)
+        variant = args.tag or "plain"
+        entry = {"world_seed": args.seed, "side": side, "key": key,
+                 "name": name if key == "truth" else f"{name} [{variant}]",
+                 "file": f"labels-seed{args.seed}-{variant}-{key}-{side}.npy",
+                 "pseudo_map": 100 * mean_average_precision(labels[train], truth[train]),
+                 "inputs_sha256": TRANSFER.inputs_sha256(pipeline_inputs)}
+        np.save(bundle / entry["file"], labels)
+        manifest["sets"] = [e for e in manifest["sets"] if e["file"] != entry["file"]] + [entry]
+        print(f"{bundle / entry['file']}: {entry['name']}, side {side}, pseudo mAP "
+              f"{entry['pseudo_map']:.1f}", flush=True)
+    manifest_path.write_text(json.dumps(manifest, indent=1))
 
 
 def transfer(args, out: Path) -> None:
-    cfg, donor = run_store(args, out, "global_only")
-    rows = pads.dataset(donor.committed("train-inputs"), filesystem=donor.fs).to_table().to_pylist()
-    ids = [r["image_id"] for r in rows]
-    side = cfg.train.image_size
-    images = torch.stack([torch.frombuffer(bytearray(r["pixels"]), dtype=torch.uint8)
-                          .reshape(3, side, side) for r in rows])
-    holdout = torch.tensor([r["holdout"] for r in rows])
-    train_rows, holdout_rows = torch.nonzero(~holdout).flatten(), torch.nonzero(holdout).flatten()
-    truth = truth_matrix(corpus_truth(cfg), ids, CLASS_NAMES).astype(np.float32)
-    label_sets = {}
-    for key in args.sets:
-        name, setting, round_index = LABEL_SETS[key]
-        if key == "truth":
-            label_sets[name] = truth
-            continue
-        labels = (oracle_labels(args, out) if key == "oracle" else
-                  read_labels(run_store(args, out, setting)[1], round_index))
-        label_sets[name] = np.stack([labels[i] for i in ids]).astype(np.float32)
-    print(f"| labels (seed {args.seed}) | pseudo mAP, training split | classifier held-out mAP "
-          f"per torch seed {args.torch_seeds} | mean |\n|---|---|---|---|")
-    for name, targets in label_sets.items():
-        pseudo = 100 * mean_average_precision(targets[train_rows.numpy()],
-                                              truth[train_rows.numpy()])
-        scores = [train_and_score(images, torch.from_numpy(targets), train_rows, holdout_rows,
-                                  truth, cfg.train.backbone_weights, s)
-                  for s in args.torch_seeds]
-        print(f"| {name} | {pseudo:.1f} | {', '.join(f'{s:.1f}' for s in scores)} | "
-              f"{np.mean(scores):.1f} |", flush=True)
+    with tempfile.TemporaryDirectory() as bundle:
+        export(args, out, Path(bundle))
+        TRANSFER.main(["--bundle", bundle, "--torch-seeds", *map(str, args.torch_seeds)])
 
 
 def _inside(view: np.ndarray, box) -> float:
@@ -169,11 +197,9 @@ def _inside(view: np.ndarray, box) -> float:
     return width * height / max((box[2] - box[0]) * (box[3] - box[1]), 1)
 
 
-def full_ccd_round_inputs(args, out: Path):
-    """full_ccd's config and store, the corpus's scenes regenerated (the shards keep labels,
-    not boxes) with their ids, uint8 images and truth, and the relabel round's inputs: the
-    round-0 debiased labels, the bias vector and the teacher."""
-    cfg, store = run_store(args, out, "full_ccd")
+def world_scenes(args, cfg):
+    """The corpus's scenes regenerated (the shards keep labels, not boxes), their ids and
+    uint8 3 x 96 x 96 images; an error if they no longer match the corpus."""
     scenes = make_scenes(args.images, 1000 + args.seed, size=IMAGE_SIDE,
                          max_objects=MAX_OBJECTS, scale=SCENE_SCALE)
     ids = [f"synth-{1000 + args.seed}-{i:06d}" for i in range(args.images)]
@@ -181,7 +207,15 @@ def full_ccd_round_inputs(args, out: Path):
     if any(sorted(truth_by_id[i]) != s.labels for i, s in zip(ids, scenes)):
         raise SystemExit("the regenerated scenes differ from the corpus: generator changed?")
     images = [torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1) for s in scenes]
-    truth = truth_matrix(truth_by_id, ids, CLASS_NAMES).astype(np.float32)
+    return scenes, ids, images
+
+
+def full_ccd_round_inputs(args, out: Path):
+    """full_ccd's config and store, the world's scenes, ids, uint8 images and truth, and the
+    relabel round's inputs: the round-0 debiased labels, the bias vector and the teacher."""
+    cfg, store = run_store(args, out, "full_ccd")
+    scenes, ids, images = world_scenes(args, cfg)
+    truth = truth_matrix(corpus_truth(cfg), ids, CLASS_NAMES).astype(np.float32)
     raw_ids, raw, _ = read_scores(store.fs, store.committed(raw_stage(0)))
     initial = torch.from_numpy(raw[[raw_ids.index(i) for i in ids]])
     lc = cfg.labels
@@ -229,10 +263,11 @@ def views(args, out: Path) -> None:
     if in_process:
         # full_ccd's warm-up again in this process: at another input side (a finer CAM grid),
         # longer, or on the ground truth (are a well-trained student's CAMs on the objects?)
-        model = train_student(prepare_images(images, student_side),
-                              torch.from_numpy(truth) if args.warm_up_on == "truth" else previous,
-                              torch.from_numpy(np.flatnonzero(train)),
-                              cfg.train.backbone_weights, cfg.seed, warm_up_epochs)
+        model = TRANSFER.train_student(
+            prepare_images(images, student_side),
+            torch.from_numpy(truth) if args.warm_up_on == "truth" else previous,
+            torch.from_numpy(np.flatnonzero(train)), cfg.train.backbone_weights,
+            len(CLASS_NAMES), cfg.seed, warm_up_epochs)
     else:
         segment = store.committed(f"train/segment-{args.after_round}")
         model = load_classifier(f"{segment}/classifier.pt")[0]
@@ -299,7 +334,7 @@ def fusion(args, out: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=("transfer", "views", "fusion"))
+    parser.add_argument("probe", choices=("transfer", "export", "views", "fusion"))
     parser.add_argument("--out", required=True, help="the ablation's --out folder")
     parser.add_argument("--seed", type=int, default=0, help="the ablation seed to read")
     parser.add_argument("--images", type=int, default=300, help="the ablation's --images")
@@ -317,7 +352,8 @@ def main() -> None:
                         help="views: 1 probes a second round, placed by full_ccd's classifier "
                              "after its training on round 1's labels")
     parser.add_argument("--sets", nargs="+", choices=list(LABEL_SETS), default=list(LABEL_SETS),
-                        help="transfer: the label sets to train on")
+                        help="transfer, export: the label sets to train on or write")
+    parser.add_argument("--bundle", help="export: the label bundle folder (default OUT/label-sets)")
     parser.add_argument("--set", dest="base", action="append", default=[], metavar="KEY=VALUE",
                         help="read the runs of synth_ablation's variant made with these --set "
                              "values (with its --tag)")
@@ -326,7 +362,10 @@ def main() -> None:
     if bool(args.base) != bool(args.tag):
         parser.error("a variant's runs are named by --tag and configured by --set: give both")
     out = Path(args.out).resolve()
-    {"transfer": transfer, "views": views, "fusion": fusion}[args.probe](args, out)
+    if args.probe == "export":
+        export(args, out, Path(args.bundle).resolve() if args.bundle else out / "label-sets")
+    else:
+        {"transfer": transfer, "views": views, "fusion": fusion}[args.probe](args, out)
 
 
 if __name__ == "__main__":
