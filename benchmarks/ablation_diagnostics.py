@@ -20,10 +20,10 @@ export: transfer's label sets written into a label bundle folder (--bundle) inst
   label_transfer.py, on a GPU machine without Ray if there is one. Export every world's sets
   in the same order: each set's paired difference is taken against its world's first.
 views: what the relabel round's views hold. From full_ccd's warm-up classifier, one relabel
-  round (reference.relabel_round, the same functions as the Ray stages) with the configured
-  class selection and CAM views, the authors' selection, CAM region and box, and random crops:
-  classes selected per image, view area, whole objects per view, and the round's pseudo-label
-  quality on the training split. --student-side S warms the student up again in this process
+  round (scoring.relabel_boxes, then reference.labels_from_boxes: the functions of the Ray
+  stages) with the configured class selection and CAM views, the authors' selection, CAM
+  region and box, and random crops: classes selected per image, view area, whole objects per
+  view, and the round's pseudo-label quality on the training split. --student-side S warms the student up again in this process
   at input side S (a finer CAM grid), --warm-up-epochs E for E epochs; --warm-up-on truth
   warms it up on the ground truth, to tell the CAM mechanism from the quality of the
   classifier that feeds it; --after-round 1 probes a second round, its views placed by the
@@ -60,7 +60,7 @@ from ccd_ray.embedded import (IMAGE_SIDE, MAX_OBJECTS, SCENE_SCALE,  # noqa: E40
 from ccd_ray.evaluate import corpus_truth, truth_matrix  # noqa: E402
 from ccd_ray.labeling import raw_stage, read_labels, read_scores  # noqa: E402
 from ccd_ray.metrics import f1_scores, mean_average_precision  # noqa: E402
-from ccd_ray.reference import relabel_round, selection_threshold  # noqa: E402
+from ccd_ray.reference import labels_from_boxes, selection_threshold  # noqa: E402
 from ccd_ray.scoring import classifier_outputs, relabel_boxes, score_boxes  # noqa: E402
 from ccd_ray.storage import RunStore  # noqa: E402
 from ccd_ray.synth.backbone import pretrained_backbone  # noqa: E402
@@ -297,8 +297,7 @@ def views(args, out: Path) -> None:
             for view in image_boxes:
                 area.append((view[2] - view[0]) * (view[3] - view[1]) / IMAGE_SIDE ** 2)
                 whole.append(sum(_inside(view, b) >= 0.7 for b in scene.boxes))
-        labels, _ = relabel_round(teacher, model, images, ids, previous, bias, round_index,
-                                  variant)
+        labels, _ = labels_from_boxes(teacher, images, boxes, previous, bias, variant)
         print(f"| {name} | {np.mean([len(s) for s in selected]):.2f} | {np.mean(area):.2f} | "
               f"{np.mean(whole):.2f} | {np.mean(np.array(whole) == 1):.2f} | {quality(labels)} |",
               flush=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ccd_ray import labels as label_ops
@@ -45,6 +46,13 @@ def relabel_round(teacher: Teacher, model: CAMClassifier, images: list[torch.Ten
     probs, cams = classifier_outputs(model, images, cfg.train.image_size)
     boxes = relabel_boxes(probs, cams, images, image_ids, selection_threshold(probs, cfg),
                           round_index, cfg)
+    return labels_from_boxes(teacher, images, boxes, previous, bias, cfg)
+
+
+def labels_from_boxes(teacher: Teacher, images: list[torch.Tensor], boxes: list[np.ndarray],
+                      previous: torch.Tensor, bias: torch.Tensor, cfg: CCDConfig
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A round's second half, from its views: (new soft labels, raw pooled local scores)."""
     local = score_boxes(teacher, images, boxes, cfg)
     local_debiased = label_ops.debias(local, bias, cfg.labels.gamma)
     return label_ops.fuse(previous, local_debiased, cfg.labels.alpha), local
