@@ -119,6 +119,13 @@ def training_split(cfg, ids: list[str]) -> np.ndarray:
     return np.array([not is_holdout(i, cfg.train.holdout_fraction, cfg.seed) for i in ids])
 
 
+def raw_scores(store: RunStore, round_index: int, ids: list[str]) -> torch.Tensor:
+    """A round's raw teacher scores (before debias and fusion), one row per id in order."""
+    raw_ids, scores, _ = read_scores(store.fs, store.committed(raw_stage(round_index)))
+    row = {image_id: r for r, image_id in enumerate(raw_ids)}
+    return torch.from_numpy(scores[[row[i] for i in ids]])
+
+
 def label_set(args, out: Path, key: str, ids: list[str]) -> np.ndarray:
     """One of LABEL_SETS (not the truth) as float32 rows in the order of ids."""
     _, setting, round_index = LABEL_SETS[key]
@@ -128,12 +135,9 @@ def label_set(args, out: Path, key: str, ids: list[str]) -> np.ndarray:
         by_image = oracle_labels(args, out)
     else:
         cfg, store = run_store(args, out, "full_ccd")
-        raw = {}
-        for round_index in (0, 1):
-            raw_ids, scores, _ = read_scores(store.fs, store.committed(raw_stage(round_index)))
-            raw[round_index] = torch.from_numpy(scores[[raw_ids.index(i) for i in ids]])
-        by_image = dict(zip(ids, (raw[1] if key == "views_alone" else
-                                  label_ops.fuse(raw[0], raw[1], cfg.labels.alpha)).numpy()))
+        initial, views = (raw_scores(store, r, ids) for r in (0, 1))
+        by_image = dict(zip(ids, (views if key == "views_alone" else
+                                  label_ops.fuse(initial, views, cfg.labels.alpha)).numpy()))
     return np.stack([by_image[i] for i in ids]).astype(np.float32)
 
 
@@ -167,7 +171,7 @@ def export(args, out: Path, bundle: Path) -> None:
     manifest_path = bundle / TRANSFER.MANIFEST
     manifest = (json.loads(manifest_path.read_text()) if manifest_path.exists()
                 else {"backbone": cfg.train.backbone_weights, "sets": []})
-    train = ~holdout
+    train, inputs_sha256 = ~holdout, TRANSFER.inputs_sha256(pipeline_inputs)
     for key in args.sets:
         name = LABEL_SETS[key][0]
         labels = truth if key == "truth" else label_set(args, out, key, ids)
@@ -176,7 +180,7 @@ def export(args, out: Path, bundle: Path) -> None:
                  "name": name if key == "truth" else f"{name} [{variant}]",
                  "file": f"labels-seed{args.seed}-{variant}-{key}-{side}.npy",
                  "pseudo_map": 100 * mean_average_precision(labels[train], truth[train]),
-                 "inputs_sha256": TRANSFER.inputs_sha256(pipeline_inputs)}
+                 "inputs_sha256": inputs_sha256}
         np.save(bundle / entry["file"], labels)
         manifest["sets"] = [e for e in manifest["sets"] if e["file"] != entry["file"]] + [entry]
         print(f"{bundle / entry['file']}: {entry['name']}, side {side}, pseudo mAP "
@@ -216,8 +220,7 @@ def full_ccd_round_inputs(args, out: Path):
     cfg, store = run_store(args, out, "full_ccd")
     scenes, ids, images = world_scenes(args, cfg)
     truth = truth_matrix(corpus_truth(cfg), ids, CLASS_NAMES).astype(np.float32)
-    raw_ids, raw, _ = read_scores(store.fs, store.committed(raw_stage(0)))
-    initial = torch.from_numpy(raw[[raw_ids.index(i) for i in ids]])
+    initial = raw_scores(store, 0, ids)
     lc = cfg.labels
     bias = label_ops.bias_vector(label_ops.bias_partials(initial, lc.threshold,
                                                          cfg.initial.entropy_threshold),

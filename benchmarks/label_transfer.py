@@ -91,7 +91,7 @@ class Bundle:
         self.backbone = backbone or manifest["backbone"]
         self.sets = manifest["sets"]
         self._worlds: dict[int, dict] = {}
-        self._inputs: dict[tuple[int, int], torch.Tensor] = {}
+        self._pixels: dict[tuple[int, int], torch.Tensor] = {}
 
     def world(self, seed: int) -> dict:
         if seed not in self._worlds:
@@ -99,15 +99,15 @@ class Bundle:
                 self._worlds[seed] = {key: data[key] for key in data.files}
         return self._worlds[seed]
 
-    def inputs(self, seed: int, side: int) -> torch.Tensor:
-        """Normalised student inputs of a world at a side (built once per process)."""
-        if (seed, side) not in self._inputs:
-            self._inputs[seed, side] = normalise(student_inputs(self.world(seed)["scenes"], side))
-        return self._inputs[seed, side]
+    def pixels(self, seed: int, side: int) -> torch.Tensor:
+        """A world's uint8 student inputs at a side (resized once per process)."""
+        if (seed, side) not in self._pixels:
+            self._pixels[seed, side] = student_inputs(self.world(seed)["scenes"], side)
+        return self._pixels[seed, side]
 
     def input_check(self, seed: int, side: int, recorded: str) -> str:
-        built = student_inputs(self.world(seed)["scenes"], side)
-        return "identical" if inputs_sha256(built) == recorded else "DIFFERENT (another resize)"
+        same = inputs_sha256(self.pixels(seed, side)) == recorded
+        return "identical" if same else "DIFFERENT (another resize)"
 
     def score(self, set_index: int, torch_seed: int, device: str, beta: float) -> float:
         entry = self.sets[set_index]
@@ -116,7 +116,7 @@ class Bundle:
         holdout = torch.from_numpy(world["holdout"])
         train_rows = torch.nonzero(~holdout).flatten()
         holdout_rows = torch.nonzero(holdout).flatten()
-        inputs = self.inputs(entry["world_seed"], entry["side"])
+        inputs = normalise(self.pixels(entry["world_seed"], entry["side"]))
         model = train_student(inputs, targets, train_rows, self.backbone,
                               world["truth"].shape[1], torch_seed, device=device, beta=beta)
         return held_out_map(model, inputs, holdout_rows, world["truth"])
