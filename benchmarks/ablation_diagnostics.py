@@ -23,11 +23,12 @@ views: what the relabel round's views hold. From full_ccd's warm-up classifier, 
   round (scoring.relabel_boxes, then reference.labels_from_boxes: the functions of the Ray
   stages) with the configured class selection and CAM views, the authors' selection, CAM
   region and box, and random crops: classes selected per image, view area, whole objects per
-  view, and the round's pseudo-label quality on the training split. --student-side S warms the student up again in this process
-  at input side S (a finer CAM grid), --warm-up-epochs E for E epochs; --warm-up-on truth
-  warms it up on the ground truth, to tell the CAM mechanism from the quality of the
-  classifier that feeds it; --after-round 1 probes a second round, its views placed by the
-  classifier trained on round 1's labels (full_ccd's final one, 4 epochs on them).
+  view, and the round's pseudo-label quality on the training split. --student-side S warms
+  the student up again in this process at input side S (a finer CAM grid), --warm-up-epochs E
+  for E epochs; --warm-up-on truth warms it up on the ground truth, to tell the CAM mechanism
+  from the quality of the classifier that feeds it; --after-round 1 probes a second round,
+  its views placed by the classifier trained on round 1's labels (full_ccd's final one, 4
+  epochs on them).
 
     python benchmarks/ablation_diagnostics.py views --out outputs/ablation --student-side 192
 fusion: which labels full_ccd's relabel fusion moves across labels.threshold (round 0 ->

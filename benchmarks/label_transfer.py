@@ -131,11 +131,17 @@ def _worker_init(folder: str, backbone: str | None, threads: int) -> None:
     _WORKER_BUNDLE = Bundle(folder, backbone)
 
 
-def _worker_job(job: tuple[int, int, str, float]) -> tuple[int, int, float, float]:
+def timed_score(bundle: Bundle, job: tuple[int, int, str, float]
+                ) -> tuple[int, int, float, float]:
+    """(set index, torch seed, held-out mAP, seconds) of one training."""
     set_index, torch_seed, device, beta = job
     started = time.time()
-    score = _WORKER_BUNDLE.score(set_index, torch_seed, device, beta)
+    score = bundle.score(set_index, torch_seed, device, beta)
     return set_index, torch_seed, score, time.time() - started
+
+
+def _worker_job(job: tuple[int, int, str, float]) -> tuple[int, int, float, float]:
+    return timed_score(_WORKER_BUNDLE, job)
 
 
 def parse_seeds(text: list[str]) -> list[int]:
@@ -158,21 +164,21 @@ def run_jobs(args, bundle: Bundle, seeds: list[int], device: str) -> dict[int, d
     jobs = [(i, s, device, args.beta) for i in range(len(bundle.sets)) for s in seeds]
     scores: dict[int, dict[int, float]] = {i: {} for i in range(len(bundle.sets))}
     started = time.time()
+
+    def record(results) -> None:
+        for done, (i, s, score, seconds) in enumerate(results, 1):
+            scores[i][s] = score
+            print(f"[{done}/{len(jobs)}] {describe(bundle.sets[i])} seed {s}: {score:.1f} "
+                  f"({seconds:.0f} s)", flush=True)
+
     if args.workers > 1:
         context = multiprocessing.get_context("spawn")  # CUDA cannot fork
         with context.Pool(args.workers, _worker_init,
                           (str(bundle.folder), args.backbone, args.threads)) as pool:
-            results = pool.imap_unordered(_worker_job, jobs)
-            for done, (i, s, score, seconds) in enumerate(results, 1):
-                scores[i][s] = score
-                print(f"[{done}/{len(jobs)}] {describe(bundle.sets[i])} seed {s}: {score:.1f} "
-                      f"({seconds:.0f} s)", flush=True)
+            record(pool.imap_unordered(_worker_job, jobs))
     else:
         torch.set_num_threads(args.threads)
-        for done, (i, s, _, _) in enumerate(jobs, 1):
-            scores[i][s] = bundle.score(i, s, device, args.beta)
-            print(f"[{done}/{len(jobs)}] {describe(bundle.sets[i])} seed {s}: "
-                  f"{scores[i][s]:.1f}", flush=True)
+        record(timed_score(bundle, job) for job in jobs)
     print(f"{len(jobs)} trainings in {time.time() - started:.0f} s on {device}\n")
     return scores
 
