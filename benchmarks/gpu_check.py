@@ -34,9 +34,8 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 
-import torch  # noqa: E402
+import torch
 
 # The 20 PASCAL VOC classes: a realistic C for the teacher's text side and the classifier head.
 CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -80,7 +79,7 @@ def _sync(device: torch.device) -> None:
 
 def measure_teacher(sizes: dict, device: torch.device) -> dict:
     from ccd_ray.config import ClassesConfig, TeacherConfig
-    from ccd_ray.teacher import Teacher
+    from ccd_ray.method.teacher import Teacher
 
     torch.manual_seed(0)
     with warnings.catch_warnings():
@@ -120,8 +119,8 @@ def measure_teacher(sizes: dict, device: torch.device) -> dict:
 
 
 def measure_training(sizes: dict, device: torch.device) -> dict:
-    from ccd_ray.classifier import CAMClassifier
-    from ccd_ray.training import train_step
+    from ccd_ray.method.classifier import CAMClassifier
+    from ccd_ray.method.training import train_step
 
     torch.manual_seed(0)
     model = CAMClassifier(sizes["backbone"], len(CLASSES)).to(device).train()

@@ -191,7 +191,7 @@ class _RayDataLog(logging.Handler):
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    # Must be set before ray (and ray.data) are imported: ccd_ray.labeling imports ray.
+    # Must be set before ray (and ray.data) are imported: ccd_ray.stages.labeling imports ray.
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
 
@@ -202,16 +202,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import ray.data
     import torch
 
-    from ccd_ray import labeling
+    from ccd_ray.stages import labeling
     from ccd_ray.config import TeacherConfig, load_config
-    from ccd_ray.imaging import decode_image
-    from ccd_ray.labels import aggregate_by_image
-    from ccd_ray.packing import synthetic_records, write_shards
-    from ccd_ray.scoring import initial_scores
-    from ccd_ray.storage import RunStore, list_files
-    from ccd_ray.synth.scenes import CLASS_NAMES
-    from ccd_ray.teacher import Teacher, load_clip, save_local_dir
-    from ccd_ray.views import crop_views, initial_boxes
+    from ccd_ray.io.decode import decode_image
+    from ccd_ray.method.labels import aggregate_by_image
+    from ccd_ray.io.packing import synthetic_records, write_shards
+    from ccd_ray.method.scoring import initial_scores
+    from ccd_ray.io.storage import RunStore, list_files
+    from ccd_ray.demo.scenes import CLASS_NAMES
+    from ccd_ray.method.teacher import Teacher, load_clip, save_local_dir
+    from ccd_ray.method.views import crop_views, initial_boxes
 
     data_context = ray.data.DataContext.get_current()
     saved_progress_bars = data_context.enable_progress_bars

@@ -23,7 +23,7 @@ chance and the rank correlations say little about a real teacher. It is ~40x che
 than ViT-B-32 and several hundred times cheaper than the paper's RN50x64 at 448 px: the
 cache's gain grows with the teacher's cost. --model takes any open_clip architecture (random
 weights, nothing downloaded), e.g. ccd-tiny-vit (almost free) or ViT-B-32 (slow here);
-`--model synth-pretrained` uses the SynthScenes teacher (ccd_ray/synth/pretrain.py), whose
+`--model synth-pretrained` uses the SynthScenes teacher (ccd_ray/demo/pretrain_teacher.py), whose
 scores mean something, for the proxy-vs-labeled rank correlation.
 Ray: ray.init(address="local", num_cpus=4).
 
@@ -44,7 +44,6 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ALPHAS, GAMMAS = [0.2, 0.4, 0.6], [0.5, 1.0, 2.0]
 PRETRAINED = "synth-pretrained"
@@ -74,17 +73,17 @@ def prepare(workdir: Path, args) -> dict:
     import torch
 
     from ccd_ray.config import TeacherConfig
-    from ccd_ray.packing import synthetic_records, write_shards
-    from ccd_ray.synth.scenes import CLASS_NAMES
-    from ccd_ray.teacher import load_clip, save_local_dir
+    from ccd_ray.io.packing import synthetic_records, write_shards
+    from ccd_ray.demo.scenes import CLASS_NAMES
+    from ccd_ray.method.teacher import load_clip, save_local_dir
 
     open_clip.add_model_config(Path(__file__).resolve().parent / "model_configs")
     corpus = workdir / "corpus"
     write_shards(synthetic_records(args.images, 21, args.image_size, 3), pafs.LocalFileSystem(),
                  str(corpus), 16)
     if args.model == PRETRAINED:
-        from ccd_ray.embedded import TEACHER_SPEC, default_cache_dir
-        from ccd_ray.synth.pretrain import pretrained_teacher
+        from ccd_ray.demo.embedded import TEACHER_SPEC, default_cache_dir
+        from ccd_ray.demo.pretrain_teacher import pretrained_teacher
 
         teacher = pretrained_teacher(default_cache_dir(), TEACHER_SPEC)
     else:
@@ -99,8 +98,8 @@ def prepare(workdir: Path, args) -> dict:
 
 def run_arm(base: dict, args, workdir: Path, cache: bool) -> dict:
     from ccd_ray.config import load_config
-    from ccd_ray.sweep import run_sweep
-    from ccd_ray.sweep_spec import parse_sweep_spec
+    from ccd_ray.sweep.tune import run_sweep
+    from ccd_ray.sweep.spec import parse_sweep_spec
 
     name = "cache-on" if cache else "cache-off"
     cfg = load_config(overrides=[
@@ -131,7 +130,7 @@ def main(argv=None) -> int:
     import ray
     import ray.data  # noqa: F401
 
-    from ccd_ray.metrics import spearman
+    from ccd_ray.method.metrics import spearman
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ccd-sweep-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import argparse
 from pathlib import Path
 
 from ccd_ray.config import CCDConfig, load_config
-from ccd_ray.embedded import DEFAULT_CONFIG, embedded_defaults
+from ccd_ray.demo.embedded import DEFAULT_CONFIG, embedded_defaults
 
 EMBEDDED_WORKDIR = Path("outputs") / "_embedded"  # the embedded default's corpus, made once
 

@@ -15,12 +15,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or working dir
 
-from ccd_ray.config import DataConfig  # noqa: E402
-from ccd_ray.packing import (coco_records, folder_records, synthetic_records,  # noqa: E402
+from ccd_ray.config import DataConfig
+from ccd_ray.io.packing import (coco_records, folder_records, synthetic_records,
                              voc_records, write_shards)
-from ccd_ray.storage import filesystem_for  # noqa: E402
+from ccd_ray.io.storage import filesystem_for
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

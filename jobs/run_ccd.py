@@ -12,12 +12,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or working dir
 
-from ccd_ray.cli import add_config_arguments, job_config  # noqa: E402
-from ccd_ray.config import ConfigError  # noqa: E402
-from ccd_ray.pipeline import run_ccd  # noqa: E402
-from ccd_ray.runtime import init_ray  # noqa: E402
+from ccd_ray.cli import add_config_arguments, job_config
+from ccd_ray.config import ConfigError
+from ccd_ray.stages.pipeline import run_ccd
+from ccd_ray.stages.runtime import init_ray
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -5,7 +5,7 @@
     ray job submit --working-dir . -- python jobs/sweep.py --config voc.yaml --sweep sweep.yaml
 
 The sweep YAML holds `params` (a list = grid, {low, high[, log]} = range) and the optional
-keys of ccd_ray/sweep_spec.py; --grid/--range/--sweep-id flags override it. Rerunning the same
+keys of ccd_ray/sweep/spec.py; --grid/--range/--sweep-id flags override it. Rerunning the same
 sweep id resumes it. Outputs: <output_uri>/<sweep_id>/summary/ (summary.md, trials.csv,
 objective_vs_params.png, best-config.yaml)."""
 
@@ -17,12 +17,11 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or working dir
 
-from ccd_ray.cli import add_config_arguments, job_config  # noqa: E402
-from ccd_ray.config import ConfigError  # noqa: E402
-from ccd_ray.runtime import init_ray  # noqa: E402
-from ccd_ray.sweep_spec import parse_flag, parse_sweep_spec  # noqa: E402
+from ccd_ray.cli import add_config_arguments, job_config
+from ccd_ray.config import ConfigError
+from ccd_ray.stages.runtime import init_ray
+from ccd_ray.sweep.spec import parse_flag, parse_sweep_spec
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
-    from ccd_ray.sweep import run_sweep
+    from ccd_ray.sweep.tune import run_sweep
 
     init_ray(args.address)
     outcome = run_sweep(cfg, spec)

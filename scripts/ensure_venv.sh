@@ -42,5 +42,8 @@ fi
 
 # shellcheck disable=SC1091
 source "$CCD_VENV/bin/activate"
-# The package runs from the clone itself (no install), so a shared venv never points at a stale copy.
-export PYTHONPATH="$CCD_ROOT${PYTHONPATH:+:$PYTHONPATH}"
+# The package is installed editable from this clone. The venv is shared by every clone with
+# the same spec, so re-point it when it was last installed from another clone (a few seconds).
+if [[ "$(python -c 'import ccd_ray, os; print(os.path.dirname(os.path.dirname(ccd_ray.__file__)))' 2>/dev/null)" != "$CCD_ROOT" ]]; then
+  python -m pip install --quiet --no-deps --no-build-isolation -e "$CCD_ROOT" 2> >(grep -v "is ignored: it is neither" >&2)
+fi

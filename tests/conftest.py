@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from ccd_ray.config import ClassesConfig, TeacherConfig, load_config
-from ccd_ray.synth.scenes import CLASS_NAMES, make_scenes
-from ccd_ray.teacher import Teacher
+from ccd_ray.demo.scenes import CLASS_NAMES, make_scenes
+from ccd_ray.method.teacher import Teacher
 
 # Four of the synthetic classes: enough for multi-label maths, few enough to stay fast.
 TEST_CLASSES = CLASS_NAMES[:4]
@@ -145,7 +145,7 @@ def ray_session(s3_server):
 def local_teacher(tmp_path_factory) -> str:
     """teacher.model spec of a tiny random-weight CLIP saved once as an open_clip local-dir,
     so the Ray actors and the test process load exactly the same weights."""
-    from ccd_ray.teacher import load_clip, save_local_dir
+    from ccd_ray.method.teacher import load_clip, save_local_dir
 
     torch.manual_seed(4321)
     with warnings.catch_warnings():
@@ -173,7 +173,7 @@ def make_classifier(class_names: list[str], seed: int):
     """(a random-weight resnet18 CAMClassifier, its save_classifier checkpoint as bytes)."""
     import io
 
-    from ccd_ray.classifier import CAMClassifier, save_classifier
+    from ccd_ray.method.classifier import CAMClassifier, save_classifier
 
     torch.manual_seed(seed)
     model = CAMClassifier("resnet18", len(class_names)).eval()
@@ -229,8 +229,8 @@ def image_zoo(size: int = 64, seed: int = 11) -> list[tuple[str, bytes | None, s
     imaging/corpus reason their error must start with)."""
     from PIL import Image
 
-    from ccd_ray.imaging import EMPTY, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED
-    from ccd_ray.synth.scenes import make_scenes
+    from ccd_ray.io.decode import EMPTY, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED
+    from ccd_ray.demo.scenes import make_scenes
 
     scene = Image.fromarray(make_scenes(1, seed=seed, size=size)[0].image)
     png, jpeg = _encode(scene, "PNG"), _encode(scene, "JPEG", quality=90)

@@ -10,10 +10,10 @@ import pyarrow as pa
 import pytest
 import torch
 
-from ccd_ray.actors import BOXES_SCHEMA, RAW_SCHEMA, CamBoxer, GuidedScorer, InitialScorer
-from ccd_ray.corpus import ROW_SCHEMA, UNREADABLE_SHARD
-from ccd_ray.imaging import decode_image
-from ccd_ray.scoring import classifier_outputs, initial_scores, relabel_boxes, score_boxes
+from ccd_ray.stages.actors import BOXES_SCHEMA, RAW_SCHEMA, CamBoxer, GuidedScorer, InitialScorer
+from ccd_ray.io.corpus import ROW_SCHEMA, UNREADABLE_SHARD
+from ccd_ray.io.decode import decode_image
+from ccd_ray.method.scoring import classifier_outputs, initial_scores, relabel_boxes, score_boxes
 
 from conftest import ZOO_MAX_PIXELS, image_zoo, make_classifier
 

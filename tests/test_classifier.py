@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ccd_ray.classifier import (CAMClassifier, load_classifier, predict, prepare_images,
+from ccd_ray.method.classifier import (CAMClassifier, load_classifier, predict, prepare_images,
                                 save_classifier)
 
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from ccd_ray import actors, labeling
-from ccd_ray.classifier import CAMClassifier
+from ccd_ray.stages import actors, labeling
+from ccd_ray.method.classifier import CAMClassifier
 from ccd_ray.config import ConfigError
-from ccd_ray.training import step_losses, train_step
+from ccd_ray.method.training import step_losses, train_step
 
 ROOT = Path(__file__).resolve().parents[1]
 

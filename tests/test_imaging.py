@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ccd_ray.imaging import EMPTY, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED, decode_image, encode_png
+from ccd_ray.io.decode import EMPTY, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED, decode_image, encode_png
 
 from conftest import ZOO_MAX_PIXELS, image_zoo, png_header
 

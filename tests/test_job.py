@@ -23,14 +23,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from ccd_ray.classifier import load_classifier
+from ccd_ray.method.classifier import load_classifier
 from ccd_ray.config import load_config
-from ccd_ray.embedded import DEFAULT_CONFIG
-from ccd_ray.labeling import labels_stage, read_labels
-from ccd_ray.packing import synthetic_records, write_shards
-from ccd_ray.storage import RunStore, filesystem_for, read_bytes, read_json
-from ccd_ray.synth.scenes import CLASS_NAMES
-from ccd_ray.trainer import FAULT_ENV
+from ccd_ray.demo.embedded import DEFAULT_CONFIG
+from ccd_ray.stages.labeling import labels_stage, read_labels
+from ccd_ray.io.packing import synthetic_records, write_shards
+from ccd_ray.io.storage import RunStore, filesystem_for, read_bytes, read_json
+from ccd_ray.demo.scenes import CLASS_NAMES
+from ccd_ray.stages.train import FAULT_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from ccd_ray.imaging import encode_png
+from ccd_ray.io.decode import encode_png
 
 JOBS = Path(__file__).resolve().parents[1] / "jobs"
 

@@ -16,15 +16,15 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from ccd_ray import labeling
-from ccd_ray import labels as label_ops
-from ccd_ray.corpus import discover, read_ground_truth
-from ccd_ray.imaging import decode_image
-from ccd_ray.packing import synthetic_records, write_shards
-from ccd_ray.reference import relabel_round
-from ccd_ray.scoring import initial_scores
-from ccd_ray.storage import MARKER, RunStore, filesystem_for, read_json
-from ccd_ray.teacher import Teacher
+from ccd_ray.stages import labeling
+from ccd_ray.method import labels as label_ops
+from ccd_ray.io.corpus import discover, read_ground_truth
+from ccd_ray.io.decode import decode_image
+from ccd_ray.io.packing import synthetic_records, write_shards
+from ccd_ray.method.reference import relabel_round
+from ccd_ray.method.scoring import initial_scores
+from ccd_ray.io.storage import MARKER, RunStore, filesystem_for, read_json
+from ccd_ray.method.teacher import Teacher
 
 from conftest import attempts, make_classifier, tree
 

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from ccd_ray import labels as L
+from ccd_ray.method import labels as L
 
 
 def _softmax_scores(n, c, seed, sharpness=3.0):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ccd_ray.losses import consistency_loss, consistency_weight, soft_bce
+from ccd_ray.method.losses import consistency_loss, consistency_weight, soft_bce
 
 
 def _logits(*shape, seed=0, scale=2.0):

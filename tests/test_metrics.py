@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from ccd_ray.metrics import (average_precision, f1_scores, mean_average_precision,
+from ccd_ray.method.metrics import (average_precision, f1_scores, mean_average_precision,
                              per_class_ap)
 
 

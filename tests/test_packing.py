@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ccd_ray.corpus import discover, read_ground_truth, read_task_rows
-from ccd_ray.imaging import decode_image
-from ccd_ray.packing import (SHARD_SCHEMA, coco_records, folder_records, synthetic_records,
+from ccd_ray.io.corpus import discover, read_ground_truth, read_task_rows
+from ccd_ray.io.decode import decode_image
+from ccd_ray.io.packing import (SHARD_SCHEMA, coco_records, folder_records, synthetic_records,
                              voc_records, write_shards)
 
 FS = pafs.LocalFileSystem()

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from ccd_ray import labels as label_ops
-from ccd_ray.reference import run_reference
-from ccd_ray.views import crop_views, initial_boxes
+from ccd_ray.method import labels as label_ops
+from ccd_ray.method.reference import run_reference
+from ccd_ray.method.views import crop_views, initial_boxes
 
 from conftest import TEST_CLASSES
 

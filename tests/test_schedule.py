@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ccd_ray.config import ConfigError
-from ccd_ray.pipeline import Segment, schedule
-from ccd_ray.trainer import is_holdout
+from ccd_ray.stages.pipeline import Segment, schedule
+from ccd_ray.stages.train import is_holdout
 
 
 def test_schedule_relabels_after_warmup_then_once_per_epoch(make_config):
@@ -38,7 +38,7 @@ def test_random_view_source_places_as_many_views_without_the_cams(make_config):
     import numpy as np
     import torch
 
-    from ccd_ray.scoring import guided_boxes
+    from ccd_ray.method.scoring import guided_boxes
 
     cfg = make_config("relabel.view_source=random", "relabel.views_per_box=3")
     cams = torch.zeros(len(cfg.classes.names), 4, 4)
@@ -52,7 +52,7 @@ def test_random_view_source_places_as_many_views_without_the_cams(make_config):
 def test_ground_truth_targets_need_a_labeled_corpus(make_config, tmp_path):
     from PIL import Image
 
-    from ccd_ray.pipeline import _training_targets
+    from ccd_ray.stages.pipeline import _training_targets
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     cfg = make_config("train.targets=ground_truth", f"data.corpus_uri={tmp_path}")
@@ -64,8 +64,8 @@ def test_ground_truth_targets_are_the_corpus_labels(make_config, tmp_path):
     import numpy as np
     import pyarrow.fs as pafs
 
-    from ccd_ray.packing import synthetic_records, write_shards
-    from ccd_ray.pipeline import _training_targets
+    from ccd_ray.io.packing import synthetic_records, write_shards
+    from ccd_ray.stages.pipeline import _training_targets
 
     records = list(synthetic_records(6, 2, 32, 2))
     write_shards(iter(records), pafs.LocalFileSystem(), str(tmp_path / "corpus"), 3)

@@ -8,7 +8,7 @@ import pyarrow.fs as pafs
 import pytest
 
 from ccd_ray.config import DataConfig
-from ccd_ray.storage import (MARKER, RunStore, exists, filesystem_for, list_files, read_bytes,
+from ccd_ray.io.storage import (MARKER, RunStore, exists, filesystem_for, list_files, read_bytes,
                              read_json, write_bytes, write_json)
 
 

@@ -12,10 +12,10 @@ import pytest
 import yaml
 
 from ccd_ray.config import load_config
-from ccd_ray.packing import synthetic_records, write_shards
-from ccd_ray.score_cache import CACHE_FOLDER
-from ccd_ray.storage import RunStore, filesystem_for, read_bytes, read_json
-from ccd_ray.sweep_spec import parse_sweep_spec
+from ccd_ray.io.packing import synthetic_records, write_shards
+from ccd_ray.stages.score_cache import CACHE_FOLDER
+from ccd_ray.io.storage import RunStore, filesystem_for, read_bytes, read_json
+from ccd_ray.sweep.spec import parse_sweep_spec
 
 from conftest import tree
 
@@ -46,7 +46,7 @@ def _cache_entries(cfg) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def first_run(ray_session, sweep_cfg):
-    from ccd_ray.sweep import run_sweep
+    from ccd_ray.sweep.tune import run_sweep
 
     spec = parse_sweep_spec(SPEC, sweep_cfg)
     outcome = run_sweep(sweep_cfg, spec)
@@ -100,7 +100,7 @@ def test_alpha_gamma_trials_run_no_clip(first_run):
 
 
 def test_rerun_of_the_same_sweep_redoes_nothing(first_run, sweep_cfg):
-    from ccd_ray.sweep import run_sweep
+    from ccd_ray.sweep.tune import run_sweep
 
     outcome = run_sweep(sweep_cfg, first_run.spec)
     assert outcome.summary["base_teacher_passes_this_run"] == 0
@@ -113,7 +113,7 @@ def test_rerun_of_the_same_sweep_redoes_nothing(first_run, sweep_cfg):
 
 def test_a_changed_spec_under_the_same_sweep_id_is_refused(first_run, sweep_cfg):
     from ccd_ray.config import ConfigError
-    from ccd_ray.sweep import run_sweep
+    from ccd_ray.sweep.tune import run_sweep
 
     spec = parse_sweep_spec({**SPEC, "params": {"alpha": [0.3]}}, sweep_cfg)
     with pytest.raises(ConfigError, match="already exists with different settings"):
@@ -124,7 +124,7 @@ def test_lost_tune_state_reuses_committed_trials(first_run, sweep_cfg):
     """Tune's experiment gone and one trial's result lost (as after a crash mid-sweep): the
     rerun starts a new experiment, trains the lost trial again and reports the others'
     committed results unchanged."""
-    from ccd_ray.sweep import run_sweep
+    from ccd_ray.sweep.tune import run_sweep
 
     store = first_run.outcome.store
     committed = sorted({p.split("/")[1] for p in first_run.trials})

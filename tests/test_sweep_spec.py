@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ccd_ray.config import ConfigError
-from ccd_ray.sweep_spec import apply_params, parse_flag, parse_sweep_spec, trial_key
+from ccd_ray.sweep.spec import apply_params, parse_flag, parse_sweep_spec, trial_key
 
 
 def test_grid_and_range_are_parsed(make_config):
@@ -79,7 +79,7 @@ def test_apply_params_and_trial_keys(make_config):
 
 
 def test_concurrency_fits_the_cluster(make_config):
-    from ccd_ray.sweep import fitted_concurrency
+    from ccd_ray.sweep.tune import fitted_concurrency
 
     base = make_config()
     spec = parse_sweep_spec({"params": {"alpha": [0.1, 0.2, 0.3], "gamma": [0.5, 1.0, 2.0]},
@@ -98,7 +98,7 @@ def test_concurrency_fits_the_cluster(make_config):
 def test_param_space_uses_grids_and_distributions(make_config):
     from ray import tune
 
-    from ccd_ray.sweep import param_space
+    from ccd_ray.sweep.tune import param_space
 
     spec = parse_sweep_spec({"params": {"alpha": [0.1, 0.2],
                                         "beta": {"low": 0.1, "high": 10, "log": True},

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from ccd_ray import labels as label_ops
-from ccd_ray.classifier import resize_images
-from ccd_ray.sweep_spec import apply_params
-from ccd_ray.sweep_trial import (CachedScores, InProcessScores, TrialData, proxy_targets,
+from ccd_ray.method import labels as label_ops
+from ccd_ray.method.classifier import resize_images
+from ccd_ray.sweep.spec import apply_params
+from ccd_ray.sweep.trial import (CachedScores, InProcessScores, TrialData, proxy_targets,
                                  run_trial, trial_labels)
-from ccd_ray.teacher import Teacher
+from ccd_ray.method.teacher import Teacher
 
 
 @pytest.fixture(scope="module")

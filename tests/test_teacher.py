@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ccd_ray.config import ClassesConfig, TeacherConfig
-from ccd_ray.teacher import Teacher, load_clip, save_local_dir
+from ccd_ray.method.teacher import Teacher, load_clip, save_local_dir
 
 from conftest import TEST_CLASSES
 

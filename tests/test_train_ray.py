@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from ccd_ray.classifier import CAMClassifier
-from ccd_ray.training import step_losses, train_step
+from ccd_ray.method.classifier import CAMClassifier
+from ccd_ray.method.training import step_losses, train_step
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -116,8 +116,8 @@ def test_a_segment_trains_the_same_weights_on_every_run(ray_session, tmp_path, m
     """Two fits of one segment on the same inputs give the same classifier: what makes a
     resumed run's later rounds equal an uninterrupted run's. The inputs come in many small
     blocks, whose completion order varies from run to run."""
-    from ccd_ray.storage import RunStore
-    from ccd_ray.trainer import fit_segment, training_dataset, STATE_FILE
+    from ccd_ray.io.storage import RunStore
+    from ccd_ray.stages.train import fit_segment, training_dataset, STATE_FILE
 
     cfg = make_config("classes.names=[a, b, c]", "train.image_size=32", "train.batch_size=4",
                       "train.epochs=2", "train.warmup_epochs=1", "train.beta=0.5")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ccd_ray.views import (box_guided_boxes, clip_boxes, crop_views, global_box, initial_boxes,
+from ccd_ray.method.views import (box_guided_boxes, clip_boxes, crop_views, global_box, initial_boxes,
                            letterbox, random_crop_boxes, rng_for)
 
 

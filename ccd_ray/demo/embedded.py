@@ -1,0 +1,48 @@
+"""The embedded default: the synthetic world (a corpus of scenes and a teacher pretrained on
+captioned synthetic images) made on first use, so that `python jobs/run_ccd.py` with no
+arguments does the whole job on one machine in minutes."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from ccd_ray.io.packing import synthetic_records, write_shards
+from ccd_ray.demo.pretrain_backbone import BackboneSpec
+from ccd_ray.demo.pretrain_teacher import PretrainSpec, pretrained_teacher
+from ccd_ray.demo.scenes import CLASS_NAMES
+
+DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "default.yaml"
+CORPUS_IMAGES, CORPUS_SEED, IMAGE_SIDE, MAX_OBJECTS, SHARD_SIZE = 200, 7, 96, 4, 50
+SCENE_SCALE = (0.25, 0.45)  # object diameter / scene side: overlaps the pretraining scales
+TEACHER_SPEC = PretrainSpec()
+STUDENT_BACKBONE_SPEC = BackboneSpec()
+
+
+def default_cache_dir() -> Path:
+    """Where the pretrained teacher and student backbone are cached: $CCD_RAY_CACHE, else
+    ~/.cache/ccd-ray/teachers."""
+    return Path(os.environ.get("CCD_RAY_CACHE", Path.home() / ".cache" / "ccd-ray" / "teachers"))
+
+
+def make_corpus(folder: Path, images: int = CORPUS_IMAGES, seed: int = CORPUS_SEED) -> Path:
+    """Write synthetic shards into a temporary folder, then rename it into place."""
+    partial = folder.with_name(folder.name + ".partial")
+    write_shards(synthetic_records(images, seed, IMAGE_SIDE, MAX_OBJECTS, SCENE_SCALE),
+                 pafs.LocalFileSystem(), str(partial.resolve()), SHARD_SIZE)
+    partial.rename(folder)
+    return folder
+
+
+def embedded_defaults(workdir: str | Path) -> dict[str, Any]:
+    """Config values of the embedded default, creating its corpus and teacher if missing."""
+    workdir = Path(workdir).resolve()
+    corpus = workdir / f"synth-corpus-v2-{CORPUS_IMAGES}-{CORPUS_SEED}"
+    if not corpus.is_dir():
+        make_corpus(corpus)
+    return {"classes": {"names": list(CLASS_NAMES)},
+            "teacher": {"model": pretrained_teacher(default_cache_dir(), TEACHER_SPEC)},
+            "data": {"corpus_uri": str(corpus)}}

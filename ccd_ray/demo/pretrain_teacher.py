@@ -1,0 +1,178 @@
+"""Contrastive pretraining of the tiny open_clip teacher of the synthetic world.
+
+The teacher is trained the way web-scale CLIP is, only small: images paired with captions,
+a symmetric contrastive loss. Its two deficiencies are not coded in, they come from the data:
+- pretraining images hold one to a few objects at a larger scale than in the target scenes,
+  so a global view of a crowded scene is a poor match for any single caption (view
+  dependency);
+- class frequencies are long-tailed and a caption names only one of the objects present,
+  picked in proportion to popularity (as web captions name the salient, common thing), so
+  popular classes win the caption and the teacher leans toward them (class bias).
+
+Deterministic from the spec (seeded data stream, seeded init, one intra-op thread) and cached
+as an open_clip `local-dir:` checkpoint named by the spec's hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ccd_ray.config import TeacherConfig
+from ccd_ray.demo.scenes import CLASS_NAMES, make_scene
+from ccd_ray.method.teacher import LOCAL_DIR_PREFIX, embed_prompts, load_clip, save_local_dir
+
+
+def spec_key(spec) -> str:
+    """A pretraining spec's cache key: the hash of all its fields."""
+    text = json.dumps(dataclasses.asdict(spec), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int, warmup: int = 50):
+    """Linear warm-up over `warmup` steps, then cosine decay to zero at `steps`."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup)
+        * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+
+
+@dataclasses.dataclass(frozen=True)
+class PretrainSpec:
+    """Everything the pretrained teacher depends on (its cache key)."""
+    seed: int = 0
+    model: str = "ccd-tiny-vit"
+    steps: int = 700
+    batch_size: int = 96
+    lr: float = 2e-3
+    image_side: int = 64           # the teacher's input size: no resize at pretraining
+    max_objects: int = 4           # objects per pretraining image (1..max_objects)
+    scale: tuple[float, float] = (0.35, 0.8)  # object diameter / image side
+    zipf_exponent: float = 2.0     # class popularity p_c ~ 1 / rank^s
+    template: str = "a photo of the {}."
+    version: int = 1               # bump when the generator or the loss changes
+
+    def key(self) -> str:
+        return spec_key(self)
+
+
+def popularity(spec: PretrainSpec, class_names: list[str]) -> np.ndarray:
+    """Pretraining class frequencies: Zipf over a seeded order of the classes (so popularity
+    is not the order of the class list)."""
+    order = np.random.default_rng(spec.seed + 101).permutation(len(class_names))
+    weights = np.empty(len(class_names))
+    weights[order] = 1.0 / np.arange(1, len(class_names) + 1) ** spec.zipf_exponent
+    return weights / weights.sum()
+
+
+def caption_class(present: list[int], probs: np.ndarray, rng: np.random.Generator) -> int:
+    """The one class a caption names: among those present, in proportion to popularity."""
+    weights = probs[present] / probs[present].sum()
+    return int(present[rng.choice(len(present), p=weights)])
+
+
+def pretraining_batch(rng: np.random.Generator, spec: PretrainSpec, class_names: list[str],
+                      probs: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B x 3 x S x S uint8 images, B caption class indices)."""
+    images, captions = [], []
+    index = {name: i for i, name in enumerate(class_names)}
+    for _ in range(spec.batch_size):
+        scene = make_scene(rng, spec.image_side, class_names,
+                           int(rng.integers(1, spec.max_objects + 1)), spec.scale, probs)
+        present = [index[name] for name in scene.labels]
+        captions.append(caption_class(present, probs, rng))
+        images.append(torch.from_numpy(np.ascontiguousarray(scene.image)).permute(2, 0, 1))
+    return torch.stack(images), torch.tensor(captions)
+
+
+def multi_positive_clip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+                             captions: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric CLIP loss where every pair with the same caption text is a positive (with a
+    handful of captions, most of a batch's "negatives" would otherwise be the same text)."""
+    logits = logit_scale * F.normalize(image_features, dim=-1) @ F.normalize(text_features,
+                                                                            dim=-1).T
+    same = (captions[:, None] == captions[None, :]).float()
+    targets = same / same.sum(dim=1, keepdim=True)
+    image_to_text = -(targets * logits.log_softmax(dim=1)).sum(dim=1).mean()
+    text_to_image = -(targets * logits.T.log_softmax(dim=1)).sum(dim=1).mean()
+    return (image_to_text + text_to_image) / 2
+
+
+def pretrain_teacher(spec: PretrainSpec, class_names: list[str] | None = None,
+                     log=print) -> torch.nn.Module:
+    """Train the tiny open_clip model from scratch on the synthetic captioned images."""
+    names = class_names or CLASS_NAMES
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-reproducible on any machine, and fast for a model this small
+    try:
+        torch.manual_seed(spec.seed)
+        model, tokenizer, mean, std = load_clip(TeacherConfig(model=spec.model, pretrained=None))
+        model.train().requires_grad_(True)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=0.05)
+        schedule = warmup_cosine(optimizer, spec.steps)
+        tokens = tokenizer([spec.template.format(name) for name in names])
+        mean_t = torch.tensor(mean).view(1, 3, 1, 1)
+        std_t = torch.tensor(std).view(1, 3, 1, 1)
+        probs = popularity(spec, names)
+        rng = np.random.default_rng(spec.seed)
+        started = time.time()
+        for step in range(spec.steps):
+            images, captions = pretraining_batch(rng, spec, names, probs)
+            pixels = (images.float() / 255 - mean_t) / std_t
+            image_features = model.encode_image(pixels)
+            text_features = model.encode_text(tokens)[captions]
+            loss = multi_positive_clip_loss(image_features, text_features, captions,
+                                            model.logit_scale.exp().clamp(max=100))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            if step % 100 == 0 or step == spec.steps - 1:
+                log(f"[teacher pretraining] step {step + 1}/{spec.steps} loss {loss.item():.3f} "
+                    f"({time.time() - started:.0f} s)")
+        return model.eval().requires_grad_(False)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def pretrained_teacher(cache_dir: str | Path, spec: PretrainSpec = PretrainSpec(),
+                       class_names: list[str] | None = None, log=print) -> str:
+    """The `local-dir:` spec of the pretrained teacher, trained on first use and cached."""
+    folder = Path(cache_dir).resolve() / f"synth-teacher-{spec.key()}"
+    if not (folder / "open_clip_config.json").is_file():
+        log(f"[teacher pretraining] no cached teacher at {folder}: training one "
+            f"({spec.steps} steps, a few CPU minutes, once)")
+        model = pretrain_teacher(spec, class_names, log)
+        partial = folder.with_name(folder.name + ".partial")
+        save_local_dir(model, spec.model, partial)
+        (partial / "pretrain_spec.json").write_text(json.dumps(dataclasses.asdict(spec),
+                                                               indent=2))
+        partial.rename(folder)
+    return LOCAL_DIR_PREFIX + str(folder)
+
+
+@torch.no_grad()
+def class_accuracy(model: torch.nn.Module, spec: PretrainSpec, class_names: list[str],
+                   count: int = 500) -> float:
+    """Top-1 accuracy on fresh single-object pretraining-style images (a sanity check)."""
+    _, tokenizer, mean, std = load_clip(TeacherConfig(model=spec.model, pretrained=None))
+    text = embed_prompts(model, tokenizer, class_names, [spec.template], torch.device("cpu"))
+    rng = np.random.default_rng(spec.seed + 999)
+    uniform = np.full(len(class_names), 1 / len(class_names))
+    index = {name: i for i, name in enumerate(class_names)}
+    correct = 0
+    for _ in range(count):
+        scene = make_scene(rng, spec.image_side, class_names, 1, spec.scale, uniform)
+        pixels = torch.from_numpy(np.ascontiguousarray(scene.image)).permute(2, 0, 1)[None]
+        pixels = (pixels.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(
+            std).view(1, 3, 1, 1)
+        features = F.normalize(model.encode_image(pixels), dim=-1)
+        correct += int((features @ text.T).argmax()) == index[scene.labels[0]]
+    return correct / count

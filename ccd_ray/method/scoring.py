@@ -1,0 +1,68 @@
+"""Score views of a batch of images with the teacher: phase-1 views and CAM-guided views.
+
+These are the per-batch units of work that both the single-process reference and the Ray
+Data actors run, so the two produce the same numbers for the same images and seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ccd_ray.method import cam as cam_ops
+from ccd_ray.method.classifier import CAMClassifier, prepare_images
+from ccd_ray.config import CCDConfig
+from ccd_ray.method.labels import aggregate_by_image
+from ccd_ray.method.teacher import Teacher
+from ccd_ray.method.views import box_guided_boxes, crop_views, initial_boxes, random_crop_boxes, rng_for
+
+
+def score_boxes(teacher: Teacher, images: list[torch.Tensor], boxes: list[np.ndarray],
+                 cfg: CCDConfig) -> torch.Tensor:
+    """Crop every image's boxes, score all views in batches, pool per image -> N x C."""
+    views = [crop_views(img, b, teacher.image_size, teacher.mean, teacher.std)
+             for img, b in zip(images, boxes)]
+    scores = teacher.score_batched(torch.cat(views), cfg.teacher.batch_size)
+    return aggregate_by_image(scores, [len(b) for b in boxes], cfg.labels.aggregation)
+
+
+def initial_scores(teacher: Teacher, images: list[torch.Tensor], image_ids: list[str],
+                   cfg: CCDConfig) -> torch.Tensor:
+    """Phase 1: global view + random crops of each image, pooled -> N x C raw scores."""
+    boxes = [initial_boxes(img.shape[1], img.shape[2], cfg.initial.random_crops,
+                           cfg.initial.crop_scale, cfg.seed, image_id)
+             for img, image_id in zip(images, image_ids)]
+    return score_boxes(teacher, images, boxes, cfg)
+
+
+@torch.no_grad()
+def classifier_outputs(model: CAMClassifier, images: list[torch.Tensor], image_size: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sigmoid probabilities N x C, CAMs N x C x h x w) of the classifier in eval mode."""
+    model.eval()
+    device = next(model.parameters()).device
+    logits, cams = model(prepare_images(images, image_size).to(device))
+    return torch.sigmoid(logits).cpu(), cams.cpu()
+
+
+def guided_boxes(cams: torch.Tensor, selected: list[int], height: int, width: int,
+                 image_id: str, round_index: int, cfg: CCDConfig) -> np.ndarray:
+    """All views of one image in a relabel round: views_per_box jittered views per CAM box."""
+    rc = cfg.relabel
+    rng = rng_for(cfg.seed, image_id, round_index)
+    if rc.view_source == "random":  # the same number of views, placed without guidance
+        return random_crop_boxes(height, width, len(selected) * rc.views_per_box,
+                                 cfg.initial.crop_scale, rng)
+    boxes = cam_ops.cam_boxes(cams, selected, height, width, rc.cam_threshold, rc.box_mode,
+                              rc.cam_resolution)
+    return np.concatenate([box_guided_boxes(b, height, width, rc.views_per_box, rc.box_offset,
+                                            rc.box_jitter, rng) for b in boxes])
+
+
+def relabel_boxes(probs: torch.Tensor, cams: torch.Tensor, images: list[torch.Tensor],
+                  image_ids: list[str], threshold: float, round_index: int, cfg: CCDConfig
+                  ) -> list[np.ndarray]:
+    """Phase 2, classifier half: per image, the views around the CAM boxes of its selected
+    classes (those whose probability reaches threshold, at least the top one)."""
+    selected = cam_ops.select_classes(probs, threshold)
+    return [guided_boxes(c, s, img.shape[1], img.shape[2], image_id, round_index, cfg)
+            for img, image_id, c, s in zip(images, image_ids, cams, selected)]

@@ -1,0 +1,180 @@
+"""A per-image, per-view cache of CLIP teacher scores in the output store, so work that does
+not depend on a changed hyperparameter is never redone.
+
+An entry is one committed stage `<output_uri>/score-cache/<kind>-<key>/` holding, per image,
+the exact boxes of its views (decoded-pixel geometry) and each view's C scores. The key is a
+hash of everything that decides those numbers:
+  - the teacher's identity: model name/tag, or for a local checkpoint the SHA-256 of its
+    config and weight files (not its path), input side, logit scale;
+  - the classes and prompt templates (the text embeddings);
+  - what generates the view geometry: the corpus, decoding limits and seed, plus for phase 1
+    the random-crop count and scale, for box-guided views the classifier's SHA-256, the class
+    selection threshold, the round and every box/jitter setting.
+None of alpha, gamma or beta is part of any key: they only act on scores after the teacher.
+Lookups are per stage (a whole entry is found or computed); a view whose geometry matches
+a view of a different entry is scored again."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import torch
+
+from ccd_ray.stages.actors import CamBoxer
+from ccd_ray.config import CCDConfig
+from ccd_ray.stages.labeling import TooManyErrors, actor_pool_args, corpus_rows
+from ccd_ray.method.labels import aggregate_views
+from ccd_ray.io.storage import RunStore, write_json
+from ccd_ray.method.teacher import LOCAL_DIR_PREFIX
+from ccd_ray.stages.view_actors import GuidedViewScorer, InitialViewScorer
+
+CACHE_FOLDER = "score-cache"
+KEY_FILE = "_key.json"  # "_": skipped by Parquet dataset discovery
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def teacher_identity(cfg: CCDConfig) -> dict[str, Any]:
+    """What decides the teacher's numbers; a local checkpoint is named by its content."""
+    tc = cfg.teacher
+    identity: dict[str, Any] = {"image_size": tc.image_size, "logit_scale": tc.logit_scale}
+    if tc.model.startswith(LOCAL_DIR_PREFIX):
+        folder = Path(tc.model[len(LOCAL_DIR_PREFIX):])
+        identity["local_dir_files"] = {p.name: _file_digest(p)
+                                       for p in sorted(folder.iterdir()) if p.is_file()}
+    else:
+        identity["model"] = tc.model
+        pretrained = tc.pretrained
+        if pretrained and Path(pretrained).is_file():
+            identity["pretrained_sha256"] = _file_digest(Path(pretrained))
+        else:
+            identity["pretrained"] = pretrained  # a hub tag (or none: seeded random weights)
+    return identity
+
+
+def _common(cfg: CCDConfig) -> dict[str, Any]:
+    return {"teacher": teacher_identity(cfg),
+            "classes": {"names": cfg.classes.names, "prompts": cfg.classes.prompt_templates},
+            "corpus": cfg.data.corpus_uri, "seed": cfg.seed,
+            "decode": {"max_image_side": cfg.data.max_image_side,
+                       "max_image_pixels": cfg.data.max_image_pixels}}
+
+
+def initial_key(cfg: CCDConfig) -> dict[str, Any]:
+    return {"kind": "initial", **_common(cfg),
+            "views": {"random_crops": cfg.initial.random_crops,
+                      "crop_scale": list(cfg.initial.crop_scale)}}
+
+
+def guided_key(cfg: CCDConfig, classifier_bytes: bytes, threshold: float, round_index: int
+               ) -> dict[str, Any]:
+    rc = cfg.relabel
+    return {"kind": "guided", **_common(cfg), "round": round_index,
+            "classifier_sha256": hashlib.sha256(classifier_bytes).hexdigest(),
+            "classifier_input": cfg.train.image_size, "selection_threshold": float(threshold),
+            "views": {"cam_threshold": rc.cam_threshold, "box_mode": rc.box_mode,
+                      "box_offset": rc.box_offset, "views_per_box": rc.views_per_box,
+                      "box_jitter": rc.box_jitter, "cam_resolution": rc.cam_resolution}}
+
+
+def key_hash(key: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def cache_store(cfg: CCDConfig) -> RunStore:
+    """The cache lives next to the runs, so every run and sweep of one output_uri shares it."""
+    return RunStore.open(cfg.data.output_uri, CACHE_FOLDER, cfg.data)
+
+
+def stage_name(key: dict[str, Any]) -> str:
+    return f"{key['kind']}-{key_hash(key)}"
+
+
+def _counts(table) -> dict[str, Any]:
+    errors = [e for e in table.column("error").to_pylist() if e]
+    reasons: dict[str, int] = {}
+    for e in errors:
+        reasons[e.split(":")[0]] = reasons.get(e.split(":")[0], 0) + 1
+    return {"images": table.num_rows, "errors": len(errors),
+            "labeled": table.num_rows - len(errors), "errors_by_reason": reasons,
+            "teacher_passes": int(pc.sum(table.column("teacher_passes")).as_py() or 0)}
+
+
+def _score_into_cache(cfg: CCDConfig, store: RunStore, key: dict[str, Any], rows_fn
+                      ) -> tuple[str, int]:
+    """(committed entry folder, teacher forward passes run now: 0 on a hit). The counts are
+    read back from two small columns on the driver; the error-fraction rule is the labeling
+    stages' (nothing is committed when too many images fail)."""
+    stage = stage_name(key)
+    if store.committed(stage) is not None:
+        return store.committed(stage), 0
+    started = time.time()
+    attempt = store.begin(stage)
+    rows_fn().write_parquet(attempt, filesystem=store.fs)
+    counts = _counts(pads.dataset(attempt, filesystem=store.fs, format="parquet")
+                     .to_table(columns=["error", "teacher_passes"]))
+    fraction = counts["errors"] / max(counts["images"], 1)
+    if counts["labeled"] == 0 or fraction > cfg.data.max_error_fraction:
+        raise TooManyErrors(
+            f"score cache {stage}: {counts['errors']} of {counts['images']} images failed "
+            f"(data.max_error_fraction={cfg.data.max_error_fraction}); reasons: "
+            f"{counts['errors_by_reason']}. Nothing was committed.")
+    write_json(store.fs, posixpath.join(attempt, KEY_FILE), key)
+    store.commit(stage, attempt, {**counts, "seconds": round(time.time() - started, 2),
+                                  "key": key})
+    return attempt, counts["teacher_passes"]
+
+
+def initial_view_scores(cfg: CCDConfig, store: RunStore | None = None) -> tuple[str, int]:
+    """Phase-1 views of the corpus, scored once per key."""
+    store = store or cache_store(cfg)
+    return _score_into_cache(cfg, store, initial_key(cfg), lambda: corpus_rows(cfg).map_batches(
+        InitialViewScorer, fn_constructor_kwargs={"cfg_dict": cfg.to_dict()},
+        **actor_pool_args(cfg, cfg.compute.clip_actors)))
+
+
+def guided_view_scores(cfg: CCDConfig, classifier_bytes: bytes, threshold: float,
+                       round_index: int, store: RunStore | None = None) -> tuple[str, int]:
+    """Box-guided views of round round_index around the classifier's CAM boxes, once per key."""
+    store = store or cache_store(cfg)
+
+    def rows():
+        return (corpus_rows(cfg)
+                .map_batches(CamBoxer, fn_constructor_kwargs={
+                    "cfg_dict": cfg.to_dict(), "classifier_bytes": classifier_bytes,
+                    "threshold": threshold, "round_index": round_index},
+                    **actor_pool_args(cfg, cfg.compute.cam_actors))
+                .map_batches(GuidedViewScorer, fn_constructor_kwargs={"cfg_dict": cfg.to_dict()},
+                             **actor_pool_args(cfg, cfg.compute.clip_actors)))
+
+    return _score_into_cache(cfg, store, guided_key(cfg, classifier_bytes, threshold,
+                                                    round_index), rows)
+
+
+def read_pooled(fs, folder: str, num_classes: int, how: str) -> tuple[list[str], np.ndarray]:
+    """(ids, N x C pooled scores) of an entry's good rows, pooled as labels.aggregation says:
+    the pooling runs after the cache, so max and mean share an entry."""
+    table = pads.dataset(folder, filesystem=fs, format="parquet").to_table(
+        columns=["image_id", "view_scores", "views", "error"])
+    table = table.filter(pc.is_null(table.column("error")))
+    ids = table.column("image_id").to_pylist()
+    pooled = [aggregate_views(torch.from_numpy(np.asarray(s, dtype=np.float32)
+                                               .reshape(v, num_classes)), how).numpy()
+              for s, v in zip(table.column("view_scores").to_pylist(),
+                              table.column("views").to_pylist())]
+    matrix = np.stack(pooled) if pooled else np.zeros((0, num_classes), np.float32)
+    return ids, matrix

@@ -1,0 +1,212 @@
+"""The driver's half of a sweep before any trial starts: the stages every trial shares
+(training inputs, and with the cache the base config's teacher scores), the labeled
+validation subset or the proxy set, gathered into one TrialData for the object store.
+
+Base stages are committed under `<sweep>/base/`; each `base/round-R` marker names the cache
+entry its scores came from, so a rerun finds them without retraining or rescoring."""
+
+from __future__ import annotations
+
+import posixpath
+import warnings
+from typing import Any
+
+import numpy as np
+import pyarrow.dataset as pads
+import torch
+
+from ccd_ray.stages import score_cache
+from ccd_ray.method.classifier import CAMClassifier
+from ccd_ray.config import CCDConfig, ConfigError
+from ccd_ray.io.corpus import discover, read_task_rows
+from ccd_ray.stages.evaluate import corpus_truth, truth_matrix
+from ccd_ray.io.decode import decode_image
+from ccd_ray.stages.labeling import align
+from ccd_ray.io.storage import RunStore, filesystem_for, read_json, write_json
+from ccd_ray.sweep.spec import SweepSpec, ValidationSpec
+from ccd_ray.sweep.trial import TrialData, classifier_bytes, run_trial, selection_threshold
+from ccd_ray.stages.train import build_inputs
+
+BASE = "base"
+
+
+def read_inputs(store: RunStore, folder: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(ids sorted, uint8 N x 3 x S x S pixels, holdout flags) of a train-inputs stage."""
+    table = pads.dataset(folder, filesystem=store.fs, format="parquet").to_table()
+    ids = table.column("image_id").to_pylist()
+    order = np.argsort(ids, kind="mergesort")
+    size = None
+    pixels = []
+    for data in table.column("pixels").to_pylist():
+        flat = np.frombuffer(data, dtype=np.uint8)
+        size = size or int(round((flat.size / 3) ** 0.5))
+        pixels.append(flat.reshape(3, size, size))
+    stacked = np.stack(pixels) if pixels else np.zeros((0, 3, 1, 1), np.uint8)
+    holdout = np.asarray(table.column("holdout").to_pylist(), dtype=bool)
+    return [ids[i] for i in order], stacked[order], holdout[order]
+
+
+def validation_truth(cfg: CCDConfig, spec: ValidationSpec, holdout_ids: list[str]
+                     ) -> dict[str, list[str]]:
+    """image_id -> true class names of the labeled validation subset (empty: none given)."""
+    if spec.labels_uri:
+        fs, path = filesystem_for(spec.labels_uri, cfg.data)
+        try:
+            with fs.open_input_stream(path) as stream:
+                import json
+
+                truth = json.loads(stream.read())
+        except FileNotFoundError:
+            raise ConfigError(f"sweep.validation.labels_uri: {spec.labels_uri} not found") from None
+        if not isinstance(truth, dict) or not all(isinstance(v, list) for v in truth.values()):
+            raise ConfigError("sweep.validation.labels_uri: expected a JSON object "
+                              "{image_id: [class names]}")
+        return truth
+    if spec.from_corpus:
+        truth = corpus_truth(cfg)
+        chosen = [i for i in holdout_ids if i in truth][:spec.from_corpus]
+        if not chosen:
+            raise ConfigError("sweep.validation.from_corpus: the corpus carries no ground truth "
+                              "for its held-out images")
+        return {i: truth[i] for i in chosen}
+    return {}
+
+
+class BaseScores:
+    """The base config's teacher scores through the score cache: round 0 from the phase-1
+    views, round R from the views around the CAM boxes of the base classifier (trained in
+    this process on the base's labels). Rows follow `ids` (round 0's images, sorted)."""
+
+    def __init__(self, store: RunStore, cache: RunStore, train_pixels: np.ndarray | None = None):
+        self.store, self.cache = store, cache
+        self.train_pixels = train_pixels
+        self.ids: list[str] | None = None
+        self.passes = 0
+        self.memo: dict[int, np.ndarray] = {}
+
+    def _entry(self, cfg: CCDConfig, round_index: int, model: CAMClassifier | None) -> str:
+        stage = f"round-{round_index}"  # in the base store: <sweep>/base/round-R
+        if self.store.committed(stage) is not None:
+            entry = self.store.marker(stage)["cache_entry"]
+            if self.cache.committed(entry) is not None:
+                return self.cache.committed(entry)
+        if round_index == 0:
+            folder, passes = score_cache.initial_view_scores(cfg, self.cache)
+        else:
+            threshold = selection_threshold(cfg, model, self.train_pixels)
+            folder, passes = score_cache.guided_view_scores(
+                cfg, classifier_bytes(model, cfg), threshold, round_index, self.cache)
+        self.passes += passes
+        attempt = self.store.begin(stage)
+        entry = posixpath.basename(posixpath.dirname(folder))
+        write_json(self.store.fs, posixpath.join(attempt, "entry.json"),
+                   {"cache_entry": entry, "teacher_passes": passes})
+        self.store.commit(stage, attempt, {"cache_entry": entry, "teacher_passes": passes})
+        return folder
+
+    def raw(self, cfg: CCDConfig, round_index: int, model: CAMClassifier | None) -> np.ndarray:
+        if round_index not in self.memo:
+            folder = self._entry(cfg, round_index, model)
+            ids, matrix = score_cache.read_pooled(self.cache.fs, folder, len(cfg.classes.names),
+                                                  cfg.labels.aggregation)
+            if self.ids is None:
+                order = np.argsort(ids, kind="mergesort")
+                self.ids, matrix = [ids[i] for i in order], matrix[order]
+            else:
+                matrix = align(self.ids, ids, matrix)
+            self.memo[round_index] = matrix
+        return self.memo[round_index]
+
+    @property
+    def teacher_passes(self) -> int:
+        return self.passes
+
+    @property
+    def teacher_seconds(self) -> float:
+        return 0.0  # the base's scoring runs in Ray Data actors; its stages time themselves
+
+
+def decode_corpus(cfg: CCDConfig) -> dict[str, torch.Tensor]:
+    """Every decodable image of the corpus, in this process (for in-process scoring only)."""
+    fs, root = filesystem_for(cfg.data.corpus_uri, cfg.data)
+    layout = discover(fs, root, cfg.data.files_per_task)
+    images = {}
+    for files in layout.tasks:
+        for table in read_task_rows(fs, layout, files):
+            for image_id, data, error in zip(table.column("image_id").to_pylist(),
+                                             table.column("image").to_pylist(),
+                                             table.column("error").to_pylist()):
+                if error:
+                    continue
+                decoded = decode_image(data, cfg.data.max_image_pixels, cfg.data.max_image_side)
+                if decoded.image is not None and not decoded.error:
+                    images[image_id] = decoded.image
+    return images
+
+
+def _rows(ids: list[str], wanted: list[str]) -> np.ndarray:
+    index = {image_id: row for row, image_id in enumerate(ids)}
+    return np.array([index[i] for i in wanted if i in index], dtype=np.int64)
+
+
+def prepare(cfg: CCDConfig, spec: SweepSpec, store: RunStore,
+            log=print) -> tuple[TrialData, dict[str, Any]]:
+    """(the trials' shared data, facts about the base stages for the summary)."""
+    base_store = RunStore(store.fs, store.path(BASE))
+    inputs_ids, pixels, holdout = read_inputs(base_store, build_inputs(cfg, base_store))
+    if not inputs_ids:
+        raise RuntimeError("the corpus has no decodable image to sweep over")
+    cache = score_cache.cache_store(cfg)
+    base_scores = BaseScores(base_store, cache) if spec.cache else None
+    images = None
+    if base_scores is not None:
+        base_scores.raw(cfg, 0, None)
+        ids = base_scores.ids
+    else:
+        decoded = decode_corpus(cfg)
+        ids = sorted(decoded)
+        images = [decoded[i] for i in ids]
+    pixel_of = dict(zip(inputs_ids, range(len(inputs_ids))))
+    scored = set(ids)
+    held = [i for i, h in zip(inputs_ids, holdout) if h and i in scored]
+    train = [i for i, h in zip(inputs_ids, holdout) if not h and i in scored]
+    if not train:
+        raise RuntimeError("no training image left after the held-out split")
+    proxy_ids = held or train  # no held-out split: the proxy judges the training images
+    truth = validation_truth(cfg, spec.validation, held)
+    val_ids = sorted(i for i in truth if i in pixel_of)
+    if truth and not val_ids:
+        raise ConfigError("sweep.validation: none of the labeled image ids is in the corpus")
+    unknown = sorted({c for i in val_ids for c in truth[i]} - set(cfg.classes.names))
+    if unknown:
+        warnings.warn(f"validation labels name classes outside classes.names, ignored: {unknown}")
+    data = TrialData(
+        class_names=list(cfg.classes.names), ids=ids, train_rows=_rows(ids, train),
+        train_pixels=pixels[[pixel_of[i] for i in train]],
+        proxy_rows=_rows(ids, proxy_ids), proxy_pixels=pixels[[pixel_of[i] for i in proxy_ids]],
+        images=images,
+        val_pixels=pixels[[pixel_of[i] for i in val_ids]] if val_ids else None,
+        val_truth=truth_matrix(truth, val_ids, cfg.classes.names) if val_ids else None)
+    facts: dict[str, Any] = {"images": len(ids), "train_images": len(data.train_rows),
+                             "proxy_images": len(data.proxy_rows),
+                             "proxy_on": "held-out images" if held else "training images",
+                             "validation_images": len(val_ids)}
+    if base_scores is not None:
+        base_scores.train_pixels = data.train_pixels
+        result = run_trial(cfg, data, base_scores, lambda metrics: None, "proxy_mAP",
+                           stop_at_round=cfg.relabel.rounds)
+        data.raw = result["raw"]
+        entries = {r: base_store.marker(f"round-{r}")
+                   for r in range(cfg.relabel.rounds + 1)}
+        facts["base_rounds"] = {str(r): {"cache_entry": m["cache_entry"],
+                                         "teacher_passes_when_computed": m["teacher_passes"]}
+                                for r, m in entries.items()}
+        facts["base_teacher_passes_this_run"] = base_scores.passes
+        log(f"base scores ready: {len(ids)} images, rounds 0..{cfg.relabel.rounds}, "
+            f"{base_scores.passes} teacher forward passes run now (0 = all from the cache)")
+    return data, facts
+
+
+def read_trial_result(store: RunStore, stage: str) -> dict[str, Any] | None:
+    folder = store.committed(stage)
+    return None if folder is None else read_json(store.fs, posixpath.join(folder, "result.json"))

@@ -1,1 +1,0 @@
-"""SynthScenes: a procedural multi-label world that needs no download."""
