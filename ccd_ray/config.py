@@ -1,4 +1,4 @@
-"""One typed, validated config for the method and the job, built from YAML plus `--set key=value`."""
+"""One typed, validated config for the method and the job: YAML plus `--set key=value`."""
 
 from __future__ import annotations
 
@@ -114,6 +114,9 @@ class TrainConfig:
     head_lr_mult: float = _knob(10.0, low=0.0, high=1e4, help="CAM head learning-rate factor")
     weight_decay: float = _knob(0.0, low=0.0, high=1.0, help="Adam weight decay")
     batch_size: int = _knob(16, low=1, high=65536, help="per worker")
+    shuffle_buffer: int = _knob(1024, low=1, high=10**7,
+                                help="rows a worker shuffles through per epoch (a seeded buffer "
+                                "over its stream of training rows)")
     holdout_fraction: float = _knob(0.2, low=0.0, high=0.9,
                                     help="images held out of training for evaluation")
     targets: str = _knob("pseudo", choices=("pseudo", "ground_truth"),
@@ -232,7 +235,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
         key = prefix + name
         annotation = hints[name]
         if dataclasses.is_dataclass(annotation):
-            value = {} if value is None else value  # a YAML section whose keys are all commented out
+            # a YAML section whose keys are all commented out
+            value = {} if value is None else value
             if not isinstance(value, dict):
                 raise ConfigError(f"{key}: expected a section (mapping), got {value!r}")
             kwargs[name] = _build(annotation, value, key + ".")

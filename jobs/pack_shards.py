@@ -15,10 +15,14 @@ import argparse
 import sys
 from pathlib import Path
 
-
 from ccd_ray.config import DataConfig
-from ccd_ray.io.packing import (coco_records, folder_records, synthetic_records,
-                             voc_records, write_shards)
+from ccd_ray.io.packing import (
+    coco_records,
+    folder_records,
+    synthetic_records,
+    voc_records,
+    write_shards,
+)
 from ccd_ray.io.storage import filesystem_for
 
 

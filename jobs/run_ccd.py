@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
 
 from ccd_ray.cli import add_config_arguments, job_config
 from ccd_ray.config import ConfigError

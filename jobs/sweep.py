@@ -17,7 +17,6 @@ from pathlib import Path
 
 import yaml
 
-
 from ccd_ray.cli import add_config_arguments, job_config
 from ccd_ray.config import ConfigError
 from ccd_ray.stages.runtime import init_ray

@@ -272,3 +272,19 @@ def attempts(store, stage: str) -> set[str]:
         return set()
     return {posixpath.basename(i.path) for i in store.fs.get_file_info(pafs.FileSelector(folder))
             if posixpath.basename(i.path).startswith("attempt-")}
+
+
+def run_to_round(cfg, store, round_index: int, checkpoint: bytes = b""):
+    """The round loop with the Ray executor up to round_index's labels, training replaced by
+    a fixed classifier checkpoint."""
+    from ccd_ray.method.rounds import run_rounds
+    from ccd_ray.stages.pipeline import RayExecutor
+
+    class FixedClassifier(RayExecutor):
+        def train_segment(self, segment, targets, trained):
+            return f"fixed-{segment.index}"
+
+        def classifier(self, trained):
+            return checkpoint
+
+    return run_rounds(cfg, FixedClassifier(cfg, store), stop_at_round=round_index)

@@ -23,7 +23,7 @@ from ccd_ray.method.scoring import initial_scores
 from ccd_ray.io.storage import RunStore, filesystem_for, read_json, write_bytes
 from ccd_ray.method.teacher import Teacher
 
-from conftest import ZOO_MAX_PIXELS, attempts, image_zoo, make_classifier, tree
+from conftest import ZOO_MAX_PIXELS, attempts, image_zoo, make_classifier, run_to_round, tree
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -55,8 +55,8 @@ def bad_run(ray_session, s3_config):
     data = {r[0]: r[1] for r in scenes} | {name: b for name, b, _ in zoo}
 
     store = RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
-    raw = labeling.score_initial(cfg, store)
-    labels = labeling.write_labels(cfg, store, 0)
+    run_to_round(cfg, store, 0)
+    raw, labels = (store.committed(s) for s in (labeling.raw_stage(0), labeling.labels_stage(0)))
     return SimpleNamespace(cfg=cfg, store=store, raw=raw, labels=labels, good=good,
                            expected_errors=expected, data=data)
 
@@ -118,7 +118,7 @@ def test_good_images_of_any_mode_match_the_reference(bad_run):
         label_ops.bias_partials(raw, cfg.labels.threshold, cfg.initial.entropy_threshold),
         cfg.labels.bias_statistic)
     expected = label_ops.debias(raw, bias, cfg.labels.gamma).numpy()
-    got = labeling.read_labels(bad_run.store, 0)
+    got = dict(zip(*labeling.read_labels(bad_run.store, 0)))
     np.testing.assert_allclose(np.stack([got[i] for i in ids]), expected, atol=1e-5)
 
 
@@ -144,7 +144,8 @@ def test_too_many_errors_stops_the_stage_and_commits_nothing(bad_run):
     assert tree(store.fs, store.root, "round-0") == before
     assert store.committed(labeling.labels_stage(0)) == bad_run.labels
     with pytest.raises(RuntimeError, match="not committed"):
-        labeling.write_labels(strict, store, 1)
+        labeling.commit_labels(strict, store, 1, np.array([], str), np.zeros((0, 4), np.float32),
+                               np.ones(4, np.float32), {})
 
     # the abandoned attempt shows the errors went through both phase-2 actor pools intact
     (attempt,) = attempts(store, labeling.raw_stage(1))

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ccd_ray.stages import actors, labeling
+from ccd_ray.stages import actors, datasets
 from ccd_ray.method.classifier import CAMClassifier
 from ccd_ray.config import ConfigError
 from ccd_ray.method.training import step_losses, train_step
@@ -74,10 +74,10 @@ def test_actor_with_cuda_device_fails_at_construction_not_deep_in_torch(make_con
         actors.InitialScorer(cfg.to_dict())
 
 
-# --- labeling.actor_pool_args: GPU requests of the actor pools ----------------------------------------
+# --- datasets.actor_pool_args: GPU requests of the actor pools ----------------------------------------
 
 def test_pool_requests_no_gpu_by_default(make_config):
-    pool = labeling.actor_pool_args(make_config("compute.cpus_per_actor=2", "compute.images_per_batch=8"), 3)
+    pool = datasets.actor_pool_args(make_config("compute.cpus_per_actor=2", "compute.images_per_batch=8"), 3)
     assert "num_gpus" not in pool
     assert pool["num_cpus"] == 2.0 and pool["batch_size"] == 8
     assert isinstance(pool["batch_size"], int)  # Ray Data needs an int batch size with GPUs
@@ -86,7 +86,7 @@ def test_pool_requests_no_gpu_by_default(make_config):
 
 @pytest.mark.parametrize("gpus", [0.25, 0.5, 1.0, 2.0])
 def test_pool_passes_gpus_through(make_config, gpus):
-    pool = labeling.actor_pool_args(make_config(f"compute.gpus_per_actor={gpus}"), 4)
+    pool = datasets.actor_pool_args(make_config(f"compute.gpus_per_actor={gpus}"), 4)
     assert pool["num_gpus"] == gpus  # fractional: several actors share one GPU
     assert pool["compute"].max_size == 4
 

@@ -1,6 +1,7 @@
 """Ray Data labeling end to end through a real S3 endpoint on loopback (moto's server):
-pack -> phase 1 -> labels + bias -> phase 2 -> fused labels, checked against the documented
-run layout and against the single-process reference on the same images, model and seeds.
+pack -> phase 1 -> labels + bias -> phase 2 -> fused labels, run by the round loop with the Ray
+executor (training replaced by a fixed classifier), checked against the documented run layout
+and against the in-process computation on the same images, model and seeds.
 
 The stages run once per module (fixtures below) and the tests inspect what they left in S3.
 Order of work: phase 1 + round-0 labels, then a phase 2 that fails (corrupt classifier),
@@ -21,12 +22,11 @@ from ccd_ray.method import labels as label_ops
 from ccd_ray.io.corpus import discover, read_ground_truth
 from ccd_ray.io.decode import decode_image
 from ccd_ray.io.packing import synthetic_records, write_shards
-from ccd_ray.method.reference import relabel_round
-from ccd_ray.method.scoring import initial_scores
+from ccd_ray.method.scoring import classifier_outputs, initial_scores, relabel_boxes, score_boxes
 from ccd_ray.io.storage import MARKER, RunStore, filesystem_for, read_json
 from ccd_ray.method.teacher import Teacher
 
-from conftest import attempts, make_classifier, tree
+from conftest import attempts, make_classifier, run_to_round, tree
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -50,9 +50,9 @@ def corpus(s3_config):
 def phase0(ray_session, corpus):
     cfg = corpus.cfg
     store = RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
-    raw = labeling.score_initial(cfg, store)
-    labels = labeling.write_labels(cfg, store, 0)
-    return SimpleNamespace(cfg=cfg, store=store, raw=raw, labels=labels)
+    run_to_round(cfg, store, 0)
+    return SimpleNamespace(cfg=cfg, store=store, raw=store.committed(labeling.raw_stage(0)),
+                           labels=store.committed(labeling.labels_stage(0)))
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,7 @@ def failed_relabel(phase0):
     store = phase0.store
     before = tree(store.fs, store.root, "round-0")
     with pytest.raises(Exception) as failure:
-        labeling.score_relabel(phase0.cfg, store, 1, b"\x80\x02 not a checkpoint",
-                               phase0.cfg.relabel.selection_threshold)
+        run_to_round(phase0.cfg, store, 1, b"\x80\x02 not a checkpoint")
     return SimpleNamespace(error=failure.value, before=before,
                            after=tree(store.fs, store.root, "round-0"),
                            committed=store.committed(labeling.raw_stage(1)),
@@ -74,14 +73,15 @@ def phase1(phase0, failed_relabel):
     """The successful rerun of phase 2, after the failed one, then round-1 labels."""
     cfg, store = phase0.cfg, phase0.store
     model, checkpoint = make_classifier(list(cfg.classes.names), CLASSIFIER_SEED)
-    raw = labeling.score_relabel(cfg, store, 1, checkpoint, cfg.relabel.selection_threshold)
-    labels = labeling.write_labels(cfg, store, 1)
-    return SimpleNamespace(cfg=cfg, store=store, raw=raw, labels=labels, classifier=model)
+    run_to_round(cfg, store, 1, checkpoint)
+    return SimpleNamespace(cfg=cfg, store=store, raw=store.committed(labeling.raw_stage(1)),
+                           labels=store.committed(labeling.labels_stage(1)), classifier=model,
+                           checkpoint=checkpoint)
 
 
 @pytest.fixture(scope="module")
 def reference(corpus):
-    """The single-process path on the same images, teacher weights and seeds: round 0."""
+    """The in-process computation on the same images, teacher weights and seeds: round 0."""
     cfg = corpus.cfg
     teacher = Teacher.from_config(cfg.teacher, cfg.classes)
     ids = [r[0] for r in corpus.records]
@@ -100,8 +100,12 @@ def reference(corpus):
 def reference1(reference, phase1):
     """... and round 1, guided by the same classifier as the distributed phase 2."""
     r = reference
-    labels1, local = relabel_round(r.teacher, phase1.classifier, r.images, r.ids, r.labels0,
-                                   r.bias, 1, r.cfg)
+    probs, cams = classifier_outputs(phase1.classifier, r.images, r.cfg.train.image_size)
+    boxes = relabel_boxes(probs, cams, r.images, r.ids, r.cfg.relabel.selection_threshold, 1,
+                          r.cfg)
+    local = score_boxes(r.teacher, r.images, boxes, r.cfg)
+    labels1 = label_ops.round_labels(local, r.labels0, r.bias, r.cfg.labels.gamma,
+                                     r.cfg.labels.alpha)
     return SimpleNamespace(ids=r.ids, labels1=labels1, local=local)
 
 
@@ -192,7 +196,7 @@ def test_round0_matches_the_single_process_reference(phase0, reference):
     ids, raw, _ = labeling.read_scores(phase0.store.fs, phase0.raw)
     expected_raw = _by_id(reference.ids, reference.raw)
     np.testing.assert_allclose(raw, np.stack([expected_raw[i] for i in ids]), atol=1e-5)
-    got = labeling.read_labels(phase0.store, 0)
+    got = dict(zip(*labeling.read_labels(phase0.store, 0)))
     assert sorted(got) == sorted(reference.ids)
     np.testing.assert_allclose(np.stack([got[i] for i in reference.ids]),
                                reference.labels0.numpy(), atol=1e-5)
@@ -236,11 +240,11 @@ def test_round1_matches_the_single_process_reference(phase1, reference1):
     ids, local, _ = labeling.read_scores(phase1.store.fs, phase1.raw)
     expected_local = _by_id(reference1.ids, reference1.local)
     np.testing.assert_allclose(local, np.stack([expected_local[i] for i in ids]), atol=1e-5)
-    got = labeling.read_labels(phase1.store, 1)
+    got = dict(zip(*labeling.read_labels(phase1.store, 1)))
     np.testing.assert_allclose(np.stack([got[i] for i in reference1.ids]),
                                reference1.labels1.numpy(), atol=1e-5)
     # the fusion moved the labels (alpha < 1): round 1 is not a copy of round 0
-    round0 = labeling.read_labels(phase1.store, 0)
+    round0 = dict(zip(*labeling.read_labels(phase1.store, 0)))
     assert not np.allclose(np.stack([got[i] for i in reference1.ids]),
                            np.stack([round0[i] for i in reference1.ids]))
 
@@ -254,13 +258,10 @@ def test_rerun_of_committed_stages_does_no_work(phase1, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("a committed stage was recomputed")
 
-    for name in ("corpus_rows", "compute_bias", "read_scores", "_write_raw_stage"):
+    for name in ("corpus_rows", "_write_raw_stage", "write_parquet_rows"):
         monkeypatch.setattr(labeling, name, no_work)
     # a fresh handle on the same run, as a restarted job would open it
     store = RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
-    assert labeling.score_initial(cfg, store) == store.committed(labeling.raw_stage(0))
-    assert labeling.write_labels(cfg, store, 0) == store.committed(labeling.labels_stage(0))
-    assert labeling.score_relabel(cfg, store, 1, b"unused", 0.5) == phase1.raw
-    assert labeling.write_labels(cfg, store, 1) == phase1.labels
+    run_to_round(cfg, store, 1, b"unused: round 1 is committed")
     assert tree(store.fs, store.root) == before
     assert {s: store.marker(s) for s in markers} == markers

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from ccd_ray.config import ConfigError
-from ccd_ray.stages.pipeline import Segment, schedule
-from ccd_ray.stages.train import is_holdout
+from ccd_ray.method.schedule import Segment, schedule
+from ccd_ray.method.schedule import is_holdout
 
 
 def test_schedule_relabels_after_warmup_then_once_per_epoch(make_config):
@@ -52,12 +52,12 @@ def test_random_view_source_places_as_many_views_without_the_cams(make_config):
 def test_ground_truth_targets_need_a_labeled_corpus(make_config, tmp_path):
     from PIL import Image
 
-    from ccd_ray.stages.pipeline import _training_targets
+    from ccd_ray.stages.pipeline import RayExecutor
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     cfg = make_config("train.targets=ground_truth", f"data.corpus_uri={tmp_path}")
     with pytest.raises(ConfigError, match="no ground-truth labels"):
-        _training_targets(cfg, None, 0)
+        RayExecutor(cfg, None).ground_truth()
 
 
 def test_ground_truth_targets_are_the_corpus_labels(make_config, tmp_path):
@@ -65,15 +65,15 @@ def test_ground_truth_targets_are_the_corpus_labels(make_config, tmp_path):
     import pyarrow.fs as pafs
 
     from ccd_ray.io.packing import synthetic_records, write_shards
-    from ccd_ray.stages.pipeline import _training_targets
+    from ccd_ray.stages.pipeline import RayExecutor
 
     records = list(synthetic_records(6, 2, 32, 2))
     write_shards(iter(records), pafs.LocalFileSystem(), str(tmp_path / "corpus"), 3)
     names = sorted({n for _, _, labels in records for n in labels})
     cfg = make_config("train.targets=ground_truth", f"data.corpus_uri={tmp_path / 'corpus'}",
                       f"classes.names=[{', '.join(names)}]")
-    targets = _training_targets(cfg, None, 0)
-    assert sorted(targets) == sorted(r[0] for r in records)
+    ids, truth = RayExecutor(cfg, None).ground_truth()
+    assert list(ids) == sorted(r[0] for r in records)
+    by_id = dict(zip(ids, truth))
     for image_id, _, labels in records:
-        np.testing.assert_array_equal(targets[image_id],
-                                      np.array([n in labels for n in names], np.float32))
+        np.testing.assert_array_equal(by_id[image_id], np.array([n in labels for n in names]))

@@ -146,3 +146,41 @@ def test_lost_tune_state_reuses_committed_trials(first_run, sweep_cfg):
         before = {t["trial"]: t for t in first_run.outcome.summary["trials"]}
         assert rows[lost]["objective"] == pytest.approx(before[lost]["objective"])
     assert outcome.summary["base_teacher_passes_this_run"] == 0
+
+
+def test_best_config_rerun_as_the_job_reproduces_the_trial(ray_session, sweep_cfg):
+    """A sweep of alpha alone (its cached trials are exact: the round-1 boxes depend on gamma
+    only), then the best trial's best-config.yaml run as the job (Ray Data stages, Ray Train):
+    the job's classifier scores the sweep's validation images exactly as the trial's did."""
+    from ccd_ray.io.corpus import corpus_truth
+    from ccd_ray.method.classifier import load_classifier
+    from ccd_ray.method.local import predict_pixels
+    from ccd_ray.method.metrics import mean_average_precision, truth_matrix
+    from ccd_ray.stages.pipeline import run_ccd
+    from ccd_ray.sweep.prepare import read_inputs
+    from ccd_ray.sweep.tune import run_sweep
+
+    spec = parse_sweep_spec({**SPEC, "sweep_id": "sweep-repro", "params": {"alpha": [0.2, 0.7]},
+                             "grace_period": 2}, sweep_cfg)
+    outcome = run_sweep(sweep_cfg, spec)
+    best = outcome.best
+    text = read_bytes(outcome.store.fs, posixpath.join(outcome.summary_folder,
+                                                       "best-config.yaml")).decode()
+    cfg = load_config(overrides=[], base=yaml.safe_load(text))
+    assert cfg.labels.alpha == best["alpha"] and cfg.labels.gamma == sweep_cfg.labels.gamma
+    store = run_ccd(cfg)
+
+    import io
+
+    inputs = read_inputs(store, store.committed("train-inputs"))
+    truth = corpus_truth(cfg)
+    held = [i for i, h in zip(inputs.ids, inputs.holdout) if h and i in truth][:6]
+    val_ids = sorted(held)
+    row = {image_id: r for r, image_id in enumerate(inputs.ids)}
+    model, _, _ = load_classifier(io.BytesIO(read_bytes(store.fs, posixpath.join(
+        store.committed("final"), "classifier.pt"))))
+    probs = predict_pixels(model, inputs.pixels[[row[i] for i in val_ids]])
+    job_map = 100 * mean_average_precision(probs, truth_matrix(truth, val_ids,
+                                                                cfg.classes.names))
+    assert best["status"] == "completed"
+    assert job_map == pytest.approx(best["val_mAP"], abs=1e-6)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from ccd_ray.method import labels as label_ops
-from ccd_ray.method.classifier import resize_images
-from ccd_ray.sweep.spec import apply_params
-from ccd_ray.sweep.trial import (CachedScores, InProcessScores, TrialData, proxy_targets,
-                                 run_trial, trial_labels)
+from ccd_ray.method.local import CachedScores, LocalExecutor, TeacherScores, TrainingInputs
+from ccd_ray.method.rounds import run_rounds
 from ccd_ray.method.teacher import Teacher
+from ccd_ray.sweep.spec import apply_params
+from ccd_ray.sweep.trial import TrialData, proxy_targets, run_trial
 
 
 @pytest.fixture(scope="module")
@@ -26,22 +26,23 @@ def base_cfg(make_config):
 @pytest.fixture(scope="module")
 def data(tiny_scenes, base_cfg):
     images, ids = tiny_scenes
-    pixels = resize_images(images, base_cfg.train.image_size).numpy()
+    inputs = TrainingInputs.from_images(ids, images, base_cfg)
+    inputs.holdout = np.arange(len(ids)) >= 6  # the last two are held out
     truth = np.zeros((2, 4), np.int8)
     truth[0, 0] = truth[1, 1] = truth[1, 2] = 1
-    return TrialData(class_names=list(base_cfg.classes.names), ids=ids,
-                     train_rows=np.arange(6), train_pixels=pixels[:6],
-                     proxy_rows=np.arange(6, 8), proxy_pixels=pixels[6:], images=images,
-                     val_pixels=pixels[6:], val_truth=truth)
+    return TrialData(class_names=list(base_cfg.classes.names), ids=ids, inputs=inputs,
+                     proxy_rows=np.arange(6, 8), proxy_pixels=inputs.pixels[6:], images=images,
+                     val_pixels=inputs.pixels[6:], val_truth=truth)
 
 
 @pytest.fixture(scope="module")
 def base_raw(data, base_cfg, tiny_teacher):
     """The base config's scores of rounds 0 and 1, as the sweep's base stage computes them."""
-    result = run_trial(base_cfg, data, InProcessScores(data, lambda: tiny_teacher),
-                       lambda m: None, "proxy_mAP", stop_at_round=base_cfg.relabel.rounds)
-    assert len(result["raw"]) == base_cfg.relabel.rounds + 1
-    return result["raw"]
+    source = TeacherScores(data.images, data.ids, lambda: tiny_teacher)
+    result = run_rounds(base_cfg, LocalExecutor(base_cfg, data.ids, source, data.inputs),
+                        stop_at_round=base_cfg.relabel.rounds)
+    assert len(result.raw) == base_cfg.relabel.rounds + 1
+    return result.raw
 
 
 def _cached(data, raw):
@@ -49,7 +50,7 @@ def _cached(data, raw):
 
 
 def _in_process(cfg, data, teacher, reports=None):
-    return run_trial(cfg, data, InProcessScores(data, lambda: teacher),
+    return run_trial(cfg, data, TeacherScores(data.images, data.ids, lambda: teacher),
                      (reports.append if reports is not None else lambda m: None), "val_mAP")
 
 
@@ -70,7 +71,7 @@ def no_clip(monkeypatch):
 def test_cached_trial_runs_no_clip_forward_pass(base_cfg, data, base_raw, no_clip, params):
     reports = []
     final = run_trial(apply_params(base_cfg, params), _cached(data, base_raw),
-                      CachedScores(_cached(data, base_raw)), reports.append, "val_mAP")
+                      CachedScores(base_raw), reports.append, "val_mAP")
     assert no_clip == []
     assert final["teacher_forward_passes"] == 0
     assert [r["epoch"] for r in reports] == list(range(base_cfg.train.epochs))
@@ -93,20 +94,21 @@ def test_cached_trial_is_exact_where_the_boxes_are_the_bases(base_cfg, data, bas
     cfg = apply_params(base_cfg, params)
     exact_reports, cached_reports = [], []
     _in_process(cfg, data, tiny_teacher, exact_reports)
-    run_trial(cfg, _cached(data, base_raw), CachedScores(_cached(data, base_raw)),
+    run_trial(cfg, _cached(data, base_raw), CachedScores(base_raw),
               cached_reports.append, "val_mAP")
     for exact, cached in zip(exact_reports, cached_reports, strict=True):
         for key in ("loss", "val_mAP", "proxy_mAP"):
             assert cached[key] == pytest.approx(exact[key], rel=1e-5, abs=1e-6), key
 
 
-def test_trial_labels_follow_the_pipeline_math(base_cfg, base_raw):
+def test_round_labels_follow_the_method_math(base_cfg, base_raw):
     raw0, raw1 = base_raw
     cfg = apply_params(base_cfg, {"alpha": 0.25, "gamma": 0.5})
     bias = label_ops.bias_vector(label_ops.bias_partials(
         torch.from_numpy(raw0), cfg.labels.threshold, cfg.initial.entropy_threshold), "count")
-    labels0 = trial_labels(raw0, None, bias, cfg)
-    labels1 = trial_labels(raw1, labels0, bias, cfg)
+    lc = cfg.labels
+    labels0 = label_ops.round_labels(torch.from_numpy(raw0), None, bias, lc.gamma, lc.alpha)
+    labels1 = label_ops.round_labels(torch.from_numpy(raw1), labels0, bias, lc.gamma, lc.alpha)
     expected0 = (torch.from_numpy(raw0) / bias.pow(0.5)).clamp(0, 1)
     np.testing.assert_allclose(labels0, expected0.numpy(), rtol=1e-6)
     expected1 = 0.25 * expected0 + 0.75 * (torch.from_numpy(raw1) / bias.pow(0.5)).clamp(0, 1)

@@ -117,7 +117,8 @@ def test_a_segment_trains_the_same_weights_on_every_run(ray_session, tmp_path, m
     resumed run's later rounds equal an uninterrupted run's. The inputs come in many small
     blocks, whose completion order varies from run to run."""
     from ccd_ray.io.storage import RunStore
-    from ccd_ray.stages.train import fit_segment, training_dataset, STATE_FILE
+    from ccd_ray.method.rounds import Targets
+    from ccd_ray.stages.train import STATE_FILE, fit_segment, training_dataset
 
     cfg = make_config("classes.names=[a, b, c]", "train.image_size=32", "train.batch_size=4",
                       "train.epochs=2", "train.warmup_epochs=1", "train.beta=0.5")
@@ -127,7 +128,9 @@ def test_a_segment_trains_the_same_weights_on_every_run(ray_session, tmp_path, m
     states = []
     for run in ("first", "second"):
         store = RunStore.open(str(tmp_path / "runs"), run, cfg.data)
-        dataset = training_dataset(cfg, str(inputs), store, labels, {})
+        ids = np.array(sorted(labels))
+        targets = Targets(ids, np.stack([labels[i] for i in ids]), np.ones(len(ids), np.float32))
+        dataset = training_dataset(cfg, str(inputs), store, targets)
         result = fit_segment(cfg, store, dataset, 0, (0, 2), None)
         with result.checkpoint.as_directory() as folder:
             states.append(torch.load(f"{folder}/{STATE_FILE}", weights_only=True)["model"])

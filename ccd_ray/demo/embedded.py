@@ -10,10 +10,10 @@ from typing import Any
 
 import pyarrow.fs as pafs
 
-from ccd_ray.io.packing import synthetic_records, write_shards
 from ccd_ray.demo.pretrain_backbone import BackboneSpec
 from ccd_ray.demo.pretrain_teacher import PretrainSpec, pretrained_teacher
 from ccd_ray.demo.scenes import CLASS_NAMES
+from ccd_ray.io.packing import synthetic_records, write_shards
 
 DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "default.yaml"
 CORPUS_IMAGES, CORPUS_SEED, IMAGE_SIDE, MAX_OBJECTS, SHARD_SIZE = 200, 7, 96, 4, 50

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from ccd_ray.method.classifier import normalise
 from ccd_ray.demo.pretrain_teacher import spec_key, warmup_cosine
 from ccd_ray.demo.scenes import CLASS_STYLES, make_scene
+from ccd_ray.method.classifier import normalise
 
 
 @dataclasses.dataclass(frozen=True)

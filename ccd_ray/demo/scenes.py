@@ -70,8 +70,9 @@ def draw_object(draw: ImageDraw.ImageDraw, style: tuple[str, tuple[int, int, int
             draw.ellipse(bbox, outline=colour, width=max(2, int(r * 0.35)))
     elif shape == "heart":
         lobes = r * 0.55
-        draw.ellipse((cx - r, cy - r * 0.8, cx - r + 2 * lobes, cy - r * 0.8 + 2 * lobes), fill=colour)
-        draw.ellipse((cx + r - 2 * lobes, cy - r * 0.8, cx + r, cy - r * 0.8 + 2 * lobes), fill=colour)
+        top = cy - r * 0.8
+        draw.ellipse((cx - r, top, cx - r + 2 * lobes, top + 2 * lobes), fill=colour)
+        draw.ellipse((cx + r - 2 * lobes, top, cx + r, top + 2 * lobes), fill=colour)
         draw.polygon([(cx - r, cy - r * 0.3), (cx + r, cy - r * 0.3), (cx, cy + r)], fill=colour)
         bbox = (cx - r, cy - r, cx + r, cy + r)
     else:

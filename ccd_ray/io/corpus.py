@@ -1,4 +1,5 @@
-"""Read a corpus of image shards into rows (image_id, image bytes, error), never failing on bad data.
+"""Read a corpus of image shards into rows (image_id, image bytes, error), never failing on
+bad data.
 
 Three layouts, told apart by the files under the corpus URI:
 - Parquet shards (`*.parquet`) with `image_id` (string) and `image` (bytes) columns, and
@@ -23,7 +24,8 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ccd_ray.io.storage import list_files, read_bytes
+from ccd_ray.config import CCDConfig
+from ccd_ray.io.storage import filesystem_for, list_files, read_bytes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 ROW_SCHEMA = pa.schema([("image_id", pa.string()), ("image", pa.binary()),
@@ -53,8 +55,8 @@ def discover(fs: pafs.FileSystem, root: str, files_per_task: int) -> CorpusLayou
     images = [f for f in files if f.lower().endswith(IMAGE_SUFFIXES)]
     if not images:
         raise FileNotFoundError(f"corpus {root!r} holds no .parquet, .tar or image files")
-    return CorpusLayout("images", root,
-                        [images[i:i + files_per_task] for i in range(0, len(images), files_per_task)])
+    tasks = [images[i:i + files_per_task] for i in range(0, len(images), files_per_task)]
+    return CorpusLayout("images", root, tasks)
 
 
 def _table(ids: list[str], images: list[bytes | None], errors: list[str | None]) -> pa.Table:
@@ -153,3 +155,9 @@ def read_ground_truth(fs: pafs.FileSystem, layout: CorpusLayout) -> dict[str, li
             except (OSError, ValueError, tarfile.TarError, pa.ArrowException):
                 continue  # the labeling pass records unreadable shards
     return {k: v for k, v in truth.items() if v is not None}
+
+
+def corpus_truth(cfg: CCDConfig) -> dict[str, list[str]]:
+    """image_id -> true class names of the configured corpus (empty when it carries none)."""
+    fs, root = filesystem_for(cfg.data.corpus_uri, cfg.data)
+    return read_ground_truth(fs, discover(fs, root, cfg.data.files_per_task))

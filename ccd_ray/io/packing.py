@@ -56,8 +56,8 @@ def coco_records(annotations: Path, image_dir: Path) -> Iterator[Record]:
 
 def synthetic_records(count: int, seed: int, size: int, max_objects: int,
                       scale: tuple[float, float] = (0.25, 0.45)) -> Iterator[Record]:
-    from ccd_ray.io.decode import encode_png
     from ccd_ray.demo.scenes import make_scenes
+    from ccd_ray.io.decode import encode_png
 
     for i, scene in enumerate(make_scenes(count, seed, size=size, max_objects=max_objects,
                                           scale=scale)):

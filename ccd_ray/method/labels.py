@@ -7,6 +7,7 @@ reduced independently and merged (`bias_partials` -> `merge_bias_partials` -> `b
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 EPS = 1e-8
@@ -78,7 +79,8 @@ def bias_vector(partials: dict[str, torch.Tensor], statistic: str) -> torch.Tens
         seen = count > 0
         if not bool(seen.any()):
             return torch.ones_like(count, dtype=torch.float32)
-        mean = torch.where(seen, partials["top1_sum"] / count.clamp_min(1.0), torch.zeros_like(count))
+        mean = torch.where(seen, partials["top1_sum"] / count.clamp_min(1.0),
+                           torch.zeros_like(count))
         mean[~seen] = mean[seen].mean()
         return mean.clamp_min(EPS).float()
     raise ValueError(f"bias statistic {statistic!r}: expected 'count' or 'top1_mean'")
@@ -117,3 +119,28 @@ def binarize(scores: torch.Tensor, threshold: float) -> torch.Tensor:
 def label_names(scores: torch.Tensor, class_names: list[str], threshold: float) -> list[list[str]]:
     return [[class_names[c] for c in torch.nonzero(row).flatten().tolist()]
             for row in binarize(scores, threshold)]
+
+
+def initial_bias(initial_raw: torch.Tensor, threshold: float, entropy_threshold: float,
+                 statistic: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(bias vector, the partial sums it came from) of the round-0 raw scores."""
+    partials = bias_partials(initial_raw, threshold, entropy_threshold)
+    return bias_vector(partials, statistic), partials
+
+
+def round_labels(raw: torch.Tensor, previous: torch.Tensor | None, bias: torch.Tensor,
+                 gamma: float, alpha: float) -> torch.Tensor:
+    """A round's soft labels from its pooled raw scores: debiased (gamma), and from round 1
+    on fused with the previous round's labels (alpha). Every executor derives labels here."""
+    debiased = debias(raw, bias, gamma)
+    return debiased if previous is None else fuse(previous, debiased, alpha)
+
+
+def align_rows(ids: np.ndarray, reference_ids: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """Rows of matrix (ordered as the sorted reference_ids) for ids; every id must exist."""
+    rows = np.minimum(np.searchsorted(reference_ids, ids), max(len(reference_ids) - 1, 0))
+    found = reference_ids[rows] == ids if len(reference_ids) else np.zeros(len(ids), bool)
+    if not found.all():
+        missing = ids[~found]
+        raise KeyError(f"{len(missing)} image(s) lack a previous label, e.g. {missing[0]!r}")
+    return matrix[rows]

@@ -8,6 +8,7 @@ the mean over the classes that have positives. The authors' code scores such a c
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -98,3 +99,29 @@ def spearman(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> float:
     rx, ry = ranks(x) - (len(x) + 1) / 2, ranks(y) - (len(y) + 1) / 2
     denominator = math.sqrt(float((rx ** 2).sum() * (ry ** 2).sum()))
     return float((rx * ry).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def truth_matrix(truth: dict[str, list[str]], ids: list[str], class_names: list[str]
+                 ) -> np.ndarray:
+    index = {name: c for c, name in enumerate(class_names)}
+    matrix = np.zeros((len(ids), len(class_names)), dtype=np.int8)
+    for row, image_id in enumerate(ids):
+        for name in truth[image_id]:
+            if name in index:  # ground-truth classes outside the config are not scored
+                matrix[row, index[name]] = 1
+    return matrix
+
+
+def score_predictions(predictions: dict[str, np.ndarray], truth: dict[str, list[str]],
+                      class_names: list[str], threshold: float) -> dict[str, Any] | None:
+    """mAP, per-class AP and CF1/OF1 over the images that have both a prediction and truth."""
+    ids = sorted(set(predictions) & set(truth))
+    if not ids:
+        return None
+    scores = np.stack([predictions[i] for i in ids])
+    targets = truth_matrix(truth, ids, class_names)
+    aps = per_class_ap(scores, targets)
+    return {"images": len(ids), "mAP": 100 * mean_average_precision(scores, targets),
+            "per_class_AP": {n: (None if np.isnan(a) else 100 * float(a))
+                             for n, a in zip(class_names, aps)},
+            **{k: 100 * v for k, v in f1_scores(scores, targets, threshold).items()}}

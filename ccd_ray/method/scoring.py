@@ -8,12 +8,18 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ccd_ray.config import CCDConfig
 from ccd_ray.method import cam as cam_ops
 from ccd_ray.method.classifier import CAMClassifier, prepare_images
-from ccd_ray.config import CCDConfig
 from ccd_ray.method.labels import aggregate_by_image
 from ccd_ray.method.teacher import Teacher
-from ccd_ray.method.views import box_guided_boxes, crop_views, initial_boxes, random_crop_boxes, rng_for
+from ccd_ray.method.views import (
+    box_guided_boxes,
+    crop_views,
+    initial_boxes,
+    random_crop_boxes,
+    rng_for,
+)
 
 
 def score_boxes(teacher: Teacher, images: list[torch.Tensor], boxes: list[np.ndarray],

@@ -25,17 +25,18 @@ def _open_clip():
 
 
 def _check_weights_exist(cfg: TeacherConfig) -> None:
-    """open_clip only warns when weights are missing; a teacher with random weights must be asked for."""
+    """open_clip only warns when weights are missing; random weights must be asked for."""
     if cfg.model.startswith(LOCAL_DIR_PREFIX):
         folder = Path(cfg.model[len(LOCAL_DIR_PREFIX):])
         if not (folder / "open_clip_config.json").is_file():
             raise FileNotFoundError(f"teacher.model: {folder} has no open_clip_config.json")
         if not any(any(folder.glob(p)) for p in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
             raise FileNotFoundError(f"teacher.model: {folder} holds no weights file")
-    elif cfg.pretrained and ("/" in cfg.pretrained or cfg.pretrained.endswith((".pt", ".pth",
-                                                                               ".bin", ".safetensors"))):
+    elif cfg.pretrained and ("/" in cfg.pretrained or cfg.pretrained.endswith(
+            (".pt", ".pth", ".bin", ".safetensors"))):
         if not Path(cfg.pretrained).is_file():
-            raise FileNotFoundError(f"teacher.pretrained: checkpoint file {cfg.pretrained} not found")
+            raise FileNotFoundError(
+                f"teacher.pretrained: checkpoint file {cfg.pretrained} not found")
 
 
 def load_clip(cfg: TeacherConfig, device: str | torch.device = "cpu"):
@@ -57,7 +58,8 @@ def load_clip(cfg: TeacherConfig, device: str | torch.device = "cpu"):
 
 
 def save_local_dir(model: torch.nn.Module, model_name: str, folder: str | Path) -> str:
-    """Write model as an open_clip `local-dir:` folder (config JSON + safetensors); return the spec."""
+    """Write model as an open_clip `local-dir:` folder (config JSON + safetensors); return its
+    teacher.model spec."""
     from safetensors.torch import save_file
 
     open_clip = _open_clip()
@@ -81,7 +83,8 @@ def _image_side(model: torch.nn.Module, override: int | None) -> int:
 
 @dataclass
 class Teacher:
-    """A frozen CLIP model with its class text embeddings; `score` maps views to class probabilities."""
+    """A frozen CLIP model with its class text embeddings; `score` maps views to class
+    probabilities."""
     model: torch.nn.Module
     text_embeddings: torch.Tensor  # C x D, L2-normalised
     image_size: int

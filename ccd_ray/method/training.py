@@ -1,12 +1,22 @@
-"""One training step of the CAM classifier: soft-target BCE plus two-view consistency.
+"""Training the CAM classifier: one sampling policy, one epoch loop, one step.
 
-Pure PyTorch: the single-process reference and the Ray Train workers call the same step."""
+Every training path calls `fit_epochs`: the Ray Train workers on their dataset shard, and the
+in-process executor (tests, sweep trials) on the same rows read in the same order. Rows
+arrive as a stream of column chunks (`pixels` uint8 N x 3 x S x S, `targets` N x C, `weights`
+N); `shuffled_batches` passes them through a seeded buffer of `train.shuffle_buffer` rows and
+cuts batches of `train.batch_size`, so the order depends on the seed, epoch and rank, never
+on how the stream was chunked into blocks. Pure PyTorch/NumPy: no Ray here."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
 import torch
 
-from ccd_ray.method.classifier import CAMClassifier
+from ccd_ray.config import TrainConfig
+from ccd_ray.method.classifier import normalise
 from ccd_ray.method.losses import consistency_loss, consistency_weight, soft_bce
 
 
@@ -22,15 +32,6 @@ def augment_pair(images: torch.Tensor, generator: torch.Generator
     mean = first.mean(dim=(1, 2, 3), keepdim=True)
     second = (first - mean) * contrast + mean + brightness
     return first, second
-
-
-def batch_indices(order: torch.Tensor, batch_size: int) -> list[torch.Tensor]:
-    """Split an epoch's order into batches; a last batch of one joins the previous one, since
-    batch norm cannot train on a single image whose feature map is 1x1."""
-    chunks = list(torch.split(order, batch_size))
-    if len(chunks) > 1 and len(chunks[-1]) == 1:
-        chunks[-2:] = [torch.cat(chunks[-2:])]
-    return chunks
 
 
 def step_losses(model: torch.nn.Module, first: torch.Tensor, second: torch.Tensor,
@@ -65,17 +66,87 @@ def mean_losses(steps: list[dict[str, float]]) -> dict[str, float]:
     return {key: sum(s[key] for s in steps) / max(len(steps), 1) for key in keys}
 
 
-def train_epoch(model: CAMClassifier | torch.nn.Module, optimizer: torch.optim.Optimizer,
-                batches, epoch: int, beta: float, warmup_epochs: int,
-                generator: torch.Generator) -> dict[str, float]:
-    """One pass over batches of (images, targets, weights); returns the mean losses."""
-    model.train()
-    weight = consistency_weight(epoch, beta, warmup_epochs)
-    device = next(model.parameters()).device
-    steps = []
-    for images, targets, weights in batches:
-        first, second = augment_pair(images, generator)
-        steps.append(train_step(model, optimizer, first.to(device), second.to(device),
-                                targets.to(device),
-                                None if weights is None else weights.to(device), weight))
-    return mean_losses(steps)
+BATCH_KEYS = ("pixels", "targets", "weights")
+Chunk = dict[str, np.ndarray]
+
+
+def epoch_rng(seed: int, epoch: int, rank: int) -> np.random.Generator:
+    """The generator of one worker's epoch: its shuffle and (through a derived torch seed) its
+    augmentations; the same for a resumed epoch as for an uninterrupted one."""
+    return np.random.default_rng([seed, epoch, rank])
+
+
+def attach_targets(ids: np.ndarray, holdout: np.ndarray, pixels: np.ndarray,
+                   target_ids: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> Chunk:
+    """The training rows of a chunk of stored inputs (not held out, with a target), joined with
+    their soft targets and sample weights; target_ids is sorted, targets/weights follow it."""
+    rows = np.minimum(np.searchsorted(target_ids, ids), max(len(target_ids) - 1, 0))
+    keep = ~np.asarray(holdout, dtype=bool) & (len(target_ids) > 0)
+    if len(target_ids):
+        keep &= target_ids[rows] == ids
+    return {"pixels": pixels[keep], "targets": targets[rows[keep]],
+            "weights": weights[rows[keep]]}
+
+
+def shuffled_batches(chunks: Iterable[Chunk], batch_size: int, buffer_rows: int,
+                     rng: np.random.Generator) -> Iterator[Chunk]:
+    """Batches of a row stream shuffled through a buffer: each incoming row displaces a random
+    row of the full buffer, which is emitted; the rest leaves in random order at the end. A
+    last batch of one joins the previous batch (a stream of a single row yields nothing), since
+    batch norm cannot train on a single image whose feature map is 1x1."""
+    buffer: list[tuple[np.ndarray, ...]] = []
+    batch: list[tuple[np.ndarray, ...]] = []
+    held: list[tuple[np.ndarray, ...]] | None = None
+
+    def emit(row):
+        nonlocal held
+        batch.append(row)
+        if len(batch) == batch_size:
+            ready, held = held, list(batch)
+            batch.clear()
+            return ready
+        return None
+
+    def stack(rows):
+        return {key: np.stack([r[k] for r in rows]) for k, key in enumerate(BATCH_KEYS)}
+
+    for chunk in chunks:
+        for row in zip(*(chunk[key] for key in BATCH_KEYS)):
+            if len(buffer) < buffer_rows:
+                buffer.append(row)
+                continue
+            slot = int(rng.integers(len(buffer)))
+            buffer[slot], row = row, buffer[slot]
+            ready = emit(row)
+            if ready:
+                yield stack(ready)
+    for slot in rng.permutation(len(buffer)):
+        ready = emit(buffer[slot])
+        if ready:
+            yield stack(ready)
+    if len(batch) == 1:
+        held, batch = (held + batch if held else None), []
+    for rows in (held, batch):
+        if rows:
+            yield stack(rows)
+
+
+def fit_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tc: TrainConfig,
+               seed: int, epochs: range, rows_for_epoch: Callable[[int], Iterable[Chunk]],
+               report: Callable[[dict[str, Any]], None], device: torch.device,
+               rank: int = 0) -> None:
+    """Train the epochs in order; after each, report its epoch number, batch count and mean
+    losses (the caller checkpoints there). The only epoch loop of the project."""
+    for epoch in epochs:
+        rng = epoch_rng(seed, epoch, rank)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+        beta = consistency_weight(epoch, tc.beta, tc.warmup_epochs)
+        model.train()
+        steps = []
+        for batch in shuffled_batches(rows_for_epoch(epoch), tc.batch_size, tc.shuffle_buffer,
+                                      rng):
+            first, second = augment_pair(normalise(torch.from_numpy(batch["pixels"])), generator)
+            steps.append(train_step(model, optimizer, first.to(device), second.to(device),
+                                    torch.from_numpy(batch["targets"]).to(device),
+                                    torch.from_numpy(batch["weights"]).to(device), beta))
+        report({"epoch": epoch, "batches": len(steps), **mean_losses(steps)})

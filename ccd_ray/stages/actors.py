@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ccd_ray.method.classifier import load_classifier, normalise
 from ccd_ray.config import CCDConfig, config_from_dict
 from ccd_ray.io.decode import decode_image
+from ccd_ray.method.classifier import load_classifier, normalise
 from ccd_ray.method.scoring import classifier_outputs, initial_scores, relabel_boxes, score_boxes
 from ccd_ray.method.teacher import Teacher
 
@@ -55,7 +55,8 @@ class _DecodingStage:
         for i, data in enumerate(batch.column("image").to_pylist()):
             if errors[i]:
                 continue
-            decoded = decode_image(data, self.cfg.data.max_image_pixels, self.cfg.data.max_image_side)
+            decoded = decode_image(data, self.cfg.data.max_image_pixels,
+                                   self.cfg.data.max_image_side)
             if decoded.error:
                 errors[i], stages[i] = decoded.error, "decode"
             else:

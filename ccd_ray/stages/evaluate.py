@@ -9,15 +9,15 @@ from typing import Any
 import numpy as np
 import ray
 
+from ccd_ray.config import CCDConfig
+from ccd_ray.io.corpus import corpus_truth
+from ccd_ray.io.storage import RunStore, write_bytes, write_json
+from ccd_ray.method.metrics import score_predictions
+from ccd_ray.method.schedule import is_holdout
 from ccd_ray.stages import labeling
 from ccd_ray.stages.actors import InputsPredictor
-from ccd_ray.config import CCDConfig
-from ccd_ray.io.corpus import discover, read_ground_truth
-from ccd_ray.stages.labeling import actor_pool_args
-from ccd_ray.method.metrics import f1_scores, mean_average_precision, per_class_ap
+from ccd_ray.stages.datasets import actor_pool_args
 from ccd_ray.stages.report import write_report
-from ccd_ray.io.storage import RunStore, filesystem_for, write_bytes, write_json
-from ccd_ray.stages.train import is_holdout
 
 FINAL_STAGE = "final"
 
@@ -33,38 +33,6 @@ def predict_inputs(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes, hol
     return {r["image_id"]: np.asarray(r["probs"], dtype=np.float32) for r in rows.take_all()}
 
 
-def corpus_truth(cfg: CCDConfig) -> dict[str, list[str]]:
-    """image_id -> true class names of the configured corpus (empty when it carries none)."""
-    fs, root = filesystem_for(cfg.data.corpus_uri, cfg.data)
-    return read_ground_truth(fs, discover(fs, root, cfg.data.files_per_task))
-
-
-def truth_matrix(truth: dict[str, list[str]], ids: list[str], class_names: list[str]
-                 ) -> np.ndarray:
-    index = {name: c for c, name in enumerate(class_names)}
-    matrix = np.zeros((len(ids), len(class_names)), dtype=np.int8)
-    for row, image_id in enumerate(ids):
-        for name in truth[image_id]:
-            if name in index:  # ground-truth classes outside the config are not scored
-                matrix[row, index[name]] = 1
-    return matrix
-
-
-def score_predictions(predictions: dict[str, np.ndarray], truth: dict[str, list[str]],
-                      class_names: list[str], threshold: float) -> dict[str, Any] | None:
-    """mAP, per-class AP and CF1/OF1 over the images that have both a prediction and truth."""
-    ids = sorted(set(predictions) & set(truth))
-    if not ids:
-        return None
-    scores = np.stack([predictions[i] for i in ids])
-    targets = truth_matrix(truth, ids, class_names)
-    aps = per_class_ap(scores, targets)
-    return {"images": len(ids), "mAP": 100 * mean_average_precision(scores, targets),
-            "per_class_AP": {n: (None if np.isnan(a) else 100 * float(a))
-                             for n, a in zip(class_names, aps)},
-            **{k: 100 * v for k, v in f1_scores(scores, targets, threshold).items()}}
-
-
 def evaluate_run(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes) -> dict[str, Any]:
     truth = corpus_truth(cfg)
     names, threshold = cfg.classes.names, cfg.labels.threshold
@@ -75,13 +43,11 @@ def evaluate_run(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes) -> di
     held_out = {i for i in truth if is_holdout(i, cfg.train.holdout_fraction, cfg.seed)}
     train_truth = {i: v for i, v in truth.items() if i not in held_out}
     holdout_truth = {i: v for i, v in truth.items() if i in held_out}
-    initial_ids, initial_raw, _ = labeling.read_scores(
-        store.fs, store.committed(labeling.raw_stage(0)))
-    initial = dict(zip(initial_ids, initial_raw))
+    initial = dict(zip(*labeling.read_scores(store.fs, store.committed(labeling.raw_stage(0)))[:2]))
     metrics["teacher_before_debias"] = score_predictions(initial, train_truth, names, threshold)
     metrics["teacher_holdout"] = score_predictions(initial, holdout_truth, names, threshold)
     for round_index in range(cfg.relabel.rounds + 1):
-        labels = labeling.read_labels(store, round_index)
+        labels = dict(zip(*labeling.read_labels(store, round_index)))
         metrics["rounds"].append({"round": round_index, **(score_predictions(
             labels, train_truth, names, threshold) or {})})
     holdout = predict_inputs(cfg, store, classifier_bytes, holdout=True)

@@ -13,10 +13,10 @@ import torch
 from matplotlib.figure import Figure  # no pyplot: no GUI backend on cluster nodes
 from matplotlib.patches import Rectangle
 
-from ccd_ray.method.cam import cam_boxes, select_classes
-from ccd_ray.method.classifier import load_classifier, normalise
 from ccd_ray.config import CCDConfig
 from ccd_ray.io.storage import RunStore, write_bytes
+from ccd_ray.method.cam import cam_boxes, select_classes
+from ccd_ray.method.classifier import load_classifier, normalise
 
 SAMPLES = 8
 

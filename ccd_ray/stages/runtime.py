@@ -1,4 +1,5 @@
-"""Connect to Ray: the cluster a job was submitted to, or a local instance sized for this machine."""
+"""Connect to Ray: the cluster a job was submitted to, or a local instance sized for this
+machine."""
 
 from __future__ import annotations
 

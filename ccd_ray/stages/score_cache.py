@@ -28,12 +28,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import torch
 
-from ccd_ray.stages.actors import CamBoxer
 from ccd_ray.config import CCDConfig
-from ccd_ray.stages.labeling import TooManyErrors, actor_pool_args, corpus_rows
-from ccd_ray.method.labels import aggregate_views
 from ccd_ray.io.storage import RunStore, write_json
+from ccd_ray.method.labels import aggregate_views
 from ccd_ray.method.teacher import LOCAL_DIR_PREFIX
+from ccd_ray.stages.actors import CamBoxer
+from ccd_ray.stages.datasets import actor_pool_args, corpus_rows
+from ccd_ray.stages.labeling import TooManyErrors
 from ccd_ray.stages.view_actors import GuidedViewScorer, InitialViewScorer
 
 CACHE_FOLDER = "score-cache"

@@ -9,9 +9,7 @@ from the segment's last checkpoint (FailureConfig)."""
 
 from __future__ import annotations
 
-import hashlib
 import io
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,30 +20,28 @@ import ray
 import ray.train
 import torch
 from ray.data import ExecutionOptions
-from ray.train import (Checkpoint, CheckpointConfig, DataConfig, FailureConfig, RunConfig,
-                       ScalingConfig)
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    DataConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+)
 from ray.train.torch import TorchTrainer
 
-from ccd_ray.method.classifier import CAMClassifier, normalise, resize_images, save_classifier
 from ccd_ray.config import CCDConfig, config_from_dict
 from ccd_ray.io.decode import decode_image
-from ccd_ray.stages.labeling import corpus_rows
-from ccd_ray.io.storage import RunStore
-from ccd_ray.method.training import augment_pair, mean_losses, train_step
-from ccd_ray.method.losses import consistency_weight
+from ccd_ray.io.storage import RunStore, list_files
+from ccd_ray.method.classifier import CAMClassifier, resize_images, save_classifier
+from ccd_ray.method.rounds import Targets
+from ccd_ray.method.schedule import is_holdout
+from ccd_ray.method.training import attach_targets, fit_epochs
+from ccd_ray.stages.datasets import corpus_rows
 
 INPUTS_STAGE = "train-inputs"
 STATE_FILE = "state.pt"
-# Test hook, read by the driver: "EPOCH:MARKER_FILE" makes the rank-0 worker exit abruptly in
-# that epoch, once (the marker file records that it happened), to prove recovery from a lost
-# worker.
-FAULT_ENV = "CCD_RAY_FAIL_WORKER_ONCE"
-
-
-def is_holdout(image_id: str, fraction: float, seed: int) -> bool:
-    """A stable split: the same image is held out on every run with the same seed."""
-    digest = hashlib.sha256(f"holdout\x1f{seed}\x1f{image_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") / 2**64 < fraction
+ROWS_PER_READ = 256  # rows per chunk a worker reads of its shard (the order does not depend on it)
 
 
 def _inputs_batch(batch: pa.Table, cfg_dict: dict) -> pa.Table:
@@ -62,7 +58,8 @@ def _inputs_batch(batch: pa.Table, cfg_dict: dict) -> pa.Table:
         ids.append(image_id)
         pixels.append(resize_images([decoded.image], cfg.train.image_size)[0].numpy().tobytes())
         holdout.append(is_holdout(image_id, cfg.train.holdout_fraction, cfg.seed))
-    return pa.table({"image_id": pa.array(ids, pa.string()), "pixels": pa.array(pixels, pa.binary()),
+    return pa.table({"image_id": pa.array(ids, pa.string()),
+                     "pixels": pa.array(pixels, pa.binary()),
                      "holdout": pa.array(holdout, pa.bool_())})
 
 
@@ -79,55 +76,46 @@ def build_inputs(cfg: CCDConfig, store: RunStore) -> str:
     return store.committed(INPUTS_STAGE)
 
 
-def _attach_labels(batch: pa.Table, ids: np.ndarray, scores: np.ndarray, weights: np.ndarray,
-                   image_size: int) -> dict[str, np.ndarray]:
-    """Training rows of the batch (not held out, labeled) with their targets and weights."""
-    batch_ids = np.asarray(batch.column("image_id").to_pylist(), dtype=ids.dtype)
-    rows = np.minimum(np.searchsorted(ids, batch_ids), len(ids) - 1)
-    keep = (ids[rows] == batch_ids) & ~np.asarray(batch.column("holdout").to_pylist(), dtype=bool)
-    pixels = [np.frombuffer(p, dtype=np.uint8).reshape(3, image_size, image_size)
-              for p, k in zip(batch.column("pixels").to_pylist(), keep) if k]
-    return {"pixels": np.stack(pixels) if pixels else np.zeros((0, 3, image_size, image_size),
-                                                               np.uint8),
-            "targets": scores[rows[keep]], "weights": weights[rows[keep]]}
+def input_files(store: RunStore, inputs_path: str) -> list[str]:
+    """The stage's Parquet files in row order (write order): every reader streams them so."""
+    return list_files(store.fs, inputs_path, (".parquet",))
 
 
-def training_dataset(cfg: CCDConfig, inputs_path: str, store: RunStore,
-                     labels: dict[str, np.ndarray], weights: dict[str, float]) -> ray.data.Dataset:
-    """The training split with each image's soft targets and sample weight attached."""
-    ids = np.array(sorted(labels))
-    scores = np.stack([labels[i] for i in ids]).astype(np.float32)
-    weight = np.array([weights.get(i, 1.0) for i in ids], dtype=np.float32)
-    dataset = ray.data.read_parquet(inputs_path, filesystem=store.fs).map_batches(
-        _attach_labels, batch_format="pyarrow",
-        fn_kwargs={"ids": ids, "scores": scores, "weights": weight,
-                   "image_size": cfg.train.image_size})
-    return dataset
+def _attach_batch(batch: dict[str, np.ndarray], target_ids: np.ndarray, scores: np.ndarray,
+                  weights: np.ndarray, image_size: int) -> dict[str, np.ndarray]:
+    pixels = np.stack([np.frombuffer(p, dtype=np.uint8).reshape(3, image_size, image_size)
+                       for p in batch["pixels"]]) if len(batch["pixels"]) else \
+        np.zeros((0, 3, image_size, image_size), np.uint8)
+    return attach_targets(batch["image_id"].astype(str), batch["holdout"], pixels, target_ids,
+                          scores, weights)
+
+
+def training_dataset(cfg: CCDConfig, inputs_path: str, store: RunStore, targets: Targets
+                     ) -> ray.data.Dataset:
+    """The training split of the stored inputs with each image's soft targets and weight."""
+    return ray.data.read_parquet(input_files(store, inputs_path), filesystem=store.fs).map_batches(
+        _attach_batch, batch_format="numpy",
+        fn_kwargs={"target_ids": targets.ids, "scores": targets.scores,
+                   "weights": targets.weights, "image_size": cfg.train.image_size})
 
 
 def ingest_config() -> DataConfig:
     """Ray Train's ingest options. Train replaces a dataset's own execution options with these
     (by default the driver's global DataContext, where blocks arrive in completion order);
-    keeping the block order makes each worker's shard and its seeded shuffle, and so a rerun's
-    classifier, reproducible."""
+    keeping the block order makes each worker's stream, and so a rerun's classifier and the
+    in-process executor's, the same."""
     return DataConfig(execution_options=ExecutionOptions(preserve_order=True))
 
 
-def _maybe_fail(spec: str | None, epoch: int, rank: int) -> None:
-    if not spec or rank != 0:
-        return
-    fail_epoch, marker = spec.split(":", 1)
-    if int(fail_epoch) == epoch and not Path(marker).exists():
-        Path(marker).write_text("failed once\n")
-        os._exit(1)
-
-
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """A Train worker: rebuild the classifier (the same seeded init on every rank), resume the
+    latest checkpoint, then the shared epoch loop over this worker's shard, checkpointing
+    after every epoch. config["before_epoch"]: an optional callable(epoch, rank), the tests'
+    hook for a worker lost mid-segment."""
     cfg = config_from_dict(config["cfg"])
     tc = cfg.train
     first_epoch, end_epoch = config["epochs"]
-    context = ray.train.get_context()
-    rank = context.get_world_rank()
+    rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
     model = CAMClassifier(tc.backbone, len(cfg.classes.names), tc.backbone_weights)
     optimizer = torch.optim.Adam(model.param_groups(tc.lr, tc.head_lr_mult),
@@ -143,36 +131,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     device = ray.train.torch.get_device()
     shard = ray.train.get_dataset_shard("train")
-    for epoch in range(first_epoch, end_epoch):
-        generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch * 16 + rank)
-        beta = consistency_weight(epoch, tc.beta, tc.warmup_epochs)
-        model.train()
-        steps = []
-        for batch in shard.iter_torch_batches(batch_size=tc.batch_size, device="cpu",
-                                              local_shuffle_buffer_size=4 * tc.batch_size,
-                                              local_shuffle_seed=cfg.seed + epoch,
-                                              pin_memory=device.type == "cuda"):
-            if len(batch["pixels"]) < 2:
-                continue  # batch norm cannot train on one image
-            _maybe_fail(config.get("fail_once"), epoch, rank)
-            first, second = augment_pair(normalise(batch["pixels"]), generator)
-            steps.append(train_step(model, optimizer, first.to(device), second.to(device),
-                                    batch["targets"].to(device), batch["weights"].to(device),
-                                    beta))
-        metrics = {"epoch": epoch, "batches": len(steps), **mean_losses(steps)}
+    before_epoch = config.get("before_epoch")
+
+    def rows(epoch: int):
+        if before_epoch is not None:
+            before_epoch(epoch, rank)
+        return shard.iter_batches(batch_size=ROWS_PER_READ, batch_format="numpy")
+
+    def report(metrics: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:
                 torch.save({"model": getattr(model, "module", model).state_dict(),
-                            "optimizer": optimizer.state_dict(), "epoch": epoch},
+                            "optimizer": optimizer.state_dict(), "epoch": metrics["epoch"]},
                            Path(folder) / STATE_FILE)
                 saved = Checkpoint.from_directory(folder)
             ray.train.report(metrics, checkpoint=saved)
 
+    fit_epochs(model, optimizer, tc, cfg.seed, range(first_epoch, end_epoch), rows, report,
+               device, rank)
+
 
 def fit_segment(cfg: CCDConfig, store: RunStore, dataset: ray.data.Dataset, segment: int,
-                epochs: tuple[int, int], start_from: Checkpoint | None) -> ray.train.Result:
-    """Train epochs [a, b) on dataset; resumes this segment's own checkpoints if it was cut."""
+                epochs: tuple[int, int], start_from: Checkpoint | None,
+                before_epoch=None) -> ray.train.Result:
+    """Train epochs [a, b) on dataset; resumes this segment's own checkpoints if it was cut.
+    before_epoch: see train_loop_per_worker."""
     storage = store.path("ray-train")
     run_config = RunConfig(
         name=f"segment-{segment}", storage_path=storage, storage_filesystem=store.fs,
@@ -181,7 +165,7 @@ def fit_segment(cfg: CCDConfig, store: RunStore, dataset: ray.data.Dataset, segm
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "epochs": list(epochs), "start_from": start_from,
-                           "fail_once": os.environ.get(FAULT_ENV)},
+                           "before_epoch": before_epoch},
         scaling_config=ScalingConfig(num_workers=cfg.compute.train_workers,
                                      use_gpu=cfg.compute.use_gpu,
                                      resources_per_worker={"CPU": cfg.compute.cpus_per_worker}),

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from ccd_ray.stages.actors import _TeacherStage
 from ccd_ray.method.views import crop_views, initial_boxes
+from ccd_ray.stages.actors import _TeacherStage
 
 VIEW_SCHEMA = pa.schema([("image_id", pa.string()), ("height", pa.int32()),
                          ("width", pa.int32()), ("boxes", pa.list_(pa.int32())),

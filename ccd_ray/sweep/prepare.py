@@ -15,35 +15,33 @@ import numpy as np
 import pyarrow.dataset as pads
 import torch
 
-from ccd_ray.stages import score_cache
-from ccd_ray.method.classifier import CAMClassifier
 from ccd_ray.config import CCDConfig, ConfigError
-from ccd_ray.io.corpus import discover, read_task_rows
-from ccd_ray.stages.evaluate import corpus_truth, truth_matrix
+from ccd_ray.io.corpus import corpus_truth, discover, read_task_rows
 from ccd_ray.io.decode import decode_image
-from ccd_ray.stages.labeling import align
 from ccd_ray.io.storage import RunStore, filesystem_for, read_json, write_json
+from ccd_ray.method.classifier import CAMClassifier
+from ccd_ray.method.labels import align_rows
+from ccd_ray.method.local import LocalExecutor, TrainingInputs, classifier_bytes
+from ccd_ray.method.metrics import truth_matrix
+from ccd_ray.method.rounds import run_rounds
+from ccd_ray.stages import score_cache
+from ccd_ray.stages.train import build_inputs, input_files
 from ccd_ray.sweep.spec import SweepSpec, ValidationSpec
-from ccd_ray.sweep.trial import TrialData, classifier_bytes, run_trial, selection_threshold
-from ccd_ray.stages.train import build_inputs
+from ccd_ray.sweep.trial import TrialData
 
 BASE = "base"
 
 
-def read_inputs(store: RunStore, folder: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(ids sorted, uint8 N x 3 x S x S pixels, holdout flags) of a train-inputs stage."""
-    table = pads.dataset(folder, filesystem=store.fs, format="parquet").to_table()
-    ids = table.column("image_id").to_pylist()
-    order = np.argsort(ids, kind="mergesort")
-    size = None
-    pixels = []
-    for data in table.column("pixels").to_pylist():
-        flat = np.frombuffer(data, dtype=np.uint8)
-        size = size or int(round((flat.size / 3) ** 0.5))
-        pixels.append(flat.reshape(3, size, size))
-    stacked = np.stack(pixels) if pixels else np.zeros((0, 3, 1, 1), np.uint8)
-    holdout = np.asarray(table.column("holdout").to_pylist(), dtype=bool)
-    return [ids[i] for i in order], stacked[order], holdout[order]
+def read_inputs(store: RunStore, folder: str) -> TrainingInputs:
+    """A train-inputs stage in its row order (the order the Train workers stream it)."""
+    table = pads.dataset(input_files(store, folder), filesystem=store.fs,
+                         format="parquet").to_table()
+    ids = np.asarray(table.column("image_id").to_pylist(), dtype=str)
+    flat = table.column("pixels").combine_chunks()
+    size = int(round((len(flat[0].as_py()) / 3) ** 0.5)) if len(flat) else 1
+    pixels = np.frombuffer(b"".join(flat.to_pylist()), dtype=np.uint8).reshape(-1, 3, size, size) \
+        if len(flat) else np.zeros((0, 3, 1, 1), np.uint8)
+    return TrainingInputs(ids, pixels, np.asarray(table.column("holdout").to_pylist(), bool))
 
 
 def validation_truth(cfg: CCDConfig, spec: ValidationSpec, holdout_ids: list[str]
@@ -77,14 +75,14 @@ class BaseScores:
     views, round R from the views around the CAM boxes of the base classifier (trained in
     this process on the base's labels). Rows follow `ids` (round 0's images, sorted)."""
 
-    def __init__(self, store: RunStore, cache: RunStore, train_pixels: np.ndarray | None = None):
+    def __init__(self, store: RunStore, cache: RunStore):
         self.store, self.cache = store, cache
-        self.train_pixels = train_pixels
-        self.ids: list[str] | None = None
+        self.ids: np.ndarray | None = None
         self.passes = 0
         self.memo: dict[int, np.ndarray] = {}
 
-    def _entry(self, cfg: CCDConfig, round_index: int, model: CAMClassifier | None) -> str:
+    def _entry(self, cfg: CCDConfig, round_index: int, model: CAMClassifier | None,
+               threshold) -> str:
         stage = f"round-{round_index}"  # in the base store: <sweep>/base/round-R
         if self.store.committed(stage) is not None:
             entry = self.store.marker(stage)["cache_entry"]
@@ -93,9 +91,8 @@ class BaseScores:
         if round_index == 0:
             folder, passes = score_cache.initial_view_scores(cfg, self.cache)
         else:
-            threshold = selection_threshold(cfg, model, self.train_pixels)
             folder, passes = score_cache.guided_view_scores(
-                cfg, classifier_bytes(model, cfg), threshold, round_index, self.cache)
+                cfg, classifier_bytes(model, cfg), threshold(), round_index, self.cache)
         self.passes += passes
         attempt = self.store.begin(stage)
         entry = posixpath.basename(posixpath.dirname(folder))
@@ -104,16 +101,19 @@ class BaseScores:
         self.store.commit(stage, attempt, {"cache_entry": entry, "teacher_passes": passes})
         return folder
 
-    def raw(self, cfg: CCDConfig, round_index: int, model: CAMClassifier | None) -> np.ndarray:
+    def raw(self, cfg: CCDConfig, round_index: int, model: CAMClassifier | None,
+            threshold=lambda: 0.0) -> np.ndarray:
         if round_index not in self.memo:
-            folder = self._entry(cfg, round_index, model)
+            folder = self._entry(cfg, round_index, model, threshold)
             ids, matrix = score_cache.read_pooled(self.cache.fs, folder, len(cfg.classes.names),
                                                   cfg.labels.aggregation)
+            ids = np.asarray(ids, dtype=str)
+            order = np.argsort(ids, kind="mergesort")
+            ids, matrix = ids[order], matrix[order]
             if self.ids is None:
-                order = np.argsort(ids, kind="mergesort")
-                self.ids, matrix = [ids[i] for i in order], matrix[order]
+                self.ids = ids
             else:
-                matrix = align(self.ids, ids, matrix)
+                matrix = align_rows(self.ids, ids, matrix)
             self.memo[round_index] = matrix
         return self.memo[round_index]
 
@@ -144,32 +144,34 @@ def decode_corpus(cfg: CCDConfig) -> dict[str, torch.Tensor]:
     return images
 
 
-def _rows(ids: list[str], wanted: list[str]) -> np.ndarray:
+def _rows(ids, wanted: list[str]) -> np.ndarray:
     index = {image_id: row for row, image_id in enumerate(ids)}
     return np.array([index[i] for i in wanted if i in index], dtype=np.int64)
 
 
 def prepare(cfg: CCDConfig, spec: SweepSpec, store: RunStore,
             log=print) -> tuple[TrialData, dict[str, Any]]:
-    """(the trials' shared data, facts about the base stages for the summary)."""
+    """(the trials' shared data, facts about the base stages for the summary). With the
+    cache, the base config's scores of every round; without it, the decoded corpus that
+    each trial's own teacher scores."""
     base_store = RunStore(store.fs, store.path(BASE))
-    inputs_ids, pixels, holdout = read_inputs(base_store, build_inputs(cfg, base_store))
-    if not inputs_ids:
+    inputs = read_inputs(base_store, build_inputs(cfg, base_store))
+    if not len(inputs.ids):
         raise RuntimeError("the corpus has no decodable image to sweep over")
     cache = score_cache.cache_store(cfg)
     base_scores = BaseScores(base_store, cache) if spec.cache else None
     images = None
     if base_scores is not None:
         base_scores.raw(cfg, 0, None)
-        ids = base_scores.ids
+        ids = list(base_scores.ids)
     else:
         decoded = decode_corpus(cfg)
         ids = sorted(decoded)
         images = [decoded[i] for i in ids]
-    pixel_of = dict(zip(inputs_ids, range(len(inputs_ids))))
+    pixel_of = dict(zip(inputs.ids, range(len(inputs.ids))))
     scored = set(ids)
-    held = [i for i, h in zip(inputs_ids, holdout) if h and i in scored]
-    train = [i for i, h in zip(inputs_ids, holdout) if not h and i in scored]
+    held = [i for i, h in zip(inputs.ids, inputs.holdout) if h and i in scored]
+    train = [i for i, h in zip(inputs.ids, inputs.holdout) if not h and i in scored]
     if not train:
         raise RuntimeError("no training image left after the held-out split")
     proxy_ids = held or train  # no held-out split: the proxy judges the training images
@@ -179,23 +181,22 @@ def prepare(cfg: CCDConfig, spec: SweepSpec, store: RunStore,
         raise ConfigError("sweep.validation: none of the labeled image ids is in the corpus")
     unknown = sorted({c for i in val_ids for c in truth[i]} - set(cfg.classes.names))
     if unknown:
-        warnings.warn(f"validation labels name classes outside classes.names, ignored: {unknown}")
+        warnings.warn(f"validation labels name classes outside classes.names, ignored: {unknown}",
+                      stacklevel=2)
     data = TrialData(
-        class_names=list(cfg.classes.names), ids=ids, train_rows=_rows(ids, train),
-        train_pixels=pixels[[pixel_of[i] for i in train]],
-        proxy_rows=_rows(ids, proxy_ids), proxy_pixels=pixels[[pixel_of[i] for i in proxy_ids]],
-        images=images,
-        val_pixels=pixels[[pixel_of[i] for i in val_ids]] if val_ids else None,
+        class_names=list(cfg.classes.names), ids=ids, inputs=inputs,
+        proxy_rows=_rows(ids, proxy_ids), images=images,
+        proxy_pixels=inputs.pixels[[pixel_of[i] for i in proxy_ids]],
+        val_pixels=inputs.pixels[[pixel_of[i] for i in val_ids]] if val_ids else None,
         val_truth=truth_matrix(truth, val_ids, cfg.classes.names) if val_ids else None)
-    facts: dict[str, Any] = {"images": len(ids), "train_images": len(data.train_rows),
+    facts: dict[str, Any] = {"images": len(ids), "train_images": len(train),
                              "proxy_images": len(data.proxy_rows),
                              "proxy_on": "held-out images" if held else "training images",
                              "validation_images": len(val_ids)}
     if base_scores is not None:
-        base_scores.train_pixels = data.train_pixels
-        result = run_trial(cfg, data, base_scores, lambda metrics: None, "proxy_mAP",
-                           stop_at_round=cfg.relabel.rounds)
-        data.raw = result["raw"]
+        result = run_rounds(cfg, LocalExecutor(cfg, ids, base_scores, inputs),
+                            stop_at_round=cfg.relabel.rounds)
+        data.raw = result.raw
         entries = {r: base_store.marker(f"round-{r}")
                    for r in range(cfg.relabel.rounds + 1)}
         facts["base_rounds"] = {str(r): {"cache_entry": m["cache_entry"],

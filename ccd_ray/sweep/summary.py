@@ -13,8 +13,8 @@ from matplotlib.figure import Figure  # no pyplot: no GUI backend on cluster nod
 
 from ccd_ray.config import CCDConfig
 from ccd_ray.method.metrics import spearman
-from ccd_ray.sweep.summary_math import best_trial, dependencies_markdown, markdown_table
 from ccd_ray.sweep.spec import SweepSpec, apply_params
+from ccd_ray.sweep.summary_math import best_trial, dependencies_markdown, markdown_table
 
 PROXY_WARNING = ("objective is proxy_mAP, a PROXY: the classifier's mAP against the teacher's "
                  "own box-guided verdicts on held-out images, not against true labels. It "

@@ -26,12 +26,13 @@ import yaml
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 
-from ccd_ray.sweep import summary as sweep_report
 from ccd_ray.config import CCDConfig, ConfigError, config_from_dict
 from ccd_ray.io.storage import RunStore, exists, read_bytes, write_bytes, write_json
+from ccd_ray.method.local import CachedScores, TeacherScores
+from ccd_ray.sweep import summary as sweep_report
 from ccd_ray.sweep.prepare import prepare, read_trial_result
 from ccd_ray.sweep.spec import SweepSpec, apply_params, trial_key
-from ccd_ray.sweep.trial import CachedScores, InProcessScores, TrialData, run_trial
+from ccd_ray.sweep.trial import TrialData, run_trial
 
 TUNE_NAME = "tune"
 SUMMARY_STAGE = "summary"
@@ -101,11 +102,12 @@ def _trainable(config: dict[str, Any], data: TrialData, context: dict[str, Any])
         tune.report({**done["final"], "trial_key": key, "reused": True})
         return
     if context["cache"]:
-        source = CachedScores(data)
+        source = CachedScores(data.raw)
     else:
         from ccd_ray.method.teacher import Teacher
 
-        source = InProcessScores(data, lambda: Teacher.from_config(cfg.teacher, cfg.classes))
+        source = TeacherScores(data.images, data.ids,
+                               lambda: Teacher.from_config(cfg.teacher, cfg.classes))
     history: list[dict[str, Any]] = []
 
     def report(metrics: dict[str, Any]) -> None:
