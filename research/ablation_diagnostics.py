@@ -1,49 +1,52 @@
 """Why the SynthScenes ablation comes out as it does: probes of a finished ablation
-(research/synth_ablation.py --out OUT), each in one process without Ray.
+(`python -m research.synth_ablation --out OUT`), each in one process without Ray.
 
-    python research/ablation_diagnostics.py transfer --out outputs/ablation --seed 0
-    python research/ablation_diagnostics.py transfer --out outputs/ablation --sets oracle truth
-    python research/ablation_diagnostics.py export --out outputs/ablation --seed 0 --bundle B
-    python research/ablation_diagnostics.py views --out outputs/ablation --seed 0
+    python -m research.ablation_diagnostics transfer --out outputs/ablation --seed 0
+    python -m research.ablation_diagnostics transfer --out outputs/ablation --sets oracle truth
+    python -m research.ablation_diagnostics export --out outputs/ablation --seed 0 --bundle B
+    python -m research.ablation_diagnostics views --out outputs/ablation --seed 0
 
 transfer: does a better pseudo-label set make a better classifier? Trains the ablation's
-  student (label_transfer.py: same pretrained backbone, lr, batch, 6 epochs, no consistency
-  term) on one fixed label set at a time, several torch seeds each, and scores held-out mAP:
-  the labels' effect without the pipeline's schedule, and how far the training seed alone
-  moves the classifier. One set is an oracle: full CCD's relabel round with the views placed
-  around each object's true box instead of the CAM's (same views per box, offset, jitter,
-  debias and fusion), the most any view guidance can give with this teacher. Three more take
-  full CCD's relabel apart: its round-0 labels (the initial ones debiased), its round 1
-  without the debias (raw initial labels fused with the raw view scores), and the views alone.
+  student (research/label_transfer.py: same pretrained backbone, lr, batch, 6 epochs, no
+  consistency term) on one fixed label set at a time, several torch seeds each, and scores
+  held-out mAP: the labels' effect without the pipeline's schedule, and how far the training
+  seed alone moves the classifier. One set is an oracle: full CCD's relabel round with the
+  views placed around each object's true box instead of the CAM's (same views per box,
+  offset, jitter, debias and fusion), the most any view guidance can give with this teacher.
+  Three more take full CCD's relabel apart: its round-0 labels (the initial ones debiased),
+  its round 1 without the debias (raw initial labels fused with the raw view scores), and the
+  views alone.
 export: transfer's label sets written into a label bundle folder (--bundle) instead of trained
   here; run it for several seeds and variants into one folder, then train them all with
-  label_transfer.py, on a GPU machine without Ray if there is one. Export every world's sets
-  in the same order: each set's paired difference is taken against its world's first.
+  `python -m research.label_transfer`, on a GPU machine without Ray if there is one. Export
+  every world's sets in the same order: each set's paired difference is taken against its
+  world's first.
 views: what the relabel round's views hold. From full_ccd's warm-up classifier, one relabel
-  round (scoring.relabel_boxes, then reference.labels_from_boxes: the functions of the Ray
-  stages) with the configured class selection and CAM views, the authors' selection, CAM
-  region and box, and random crops: classes selected per image, view area, whole objects per
-  view, and the round's pseudo-label quality on the training split. --student-side S warms
-  the student up again in this process at input side S (a finer CAM grid), --warm-up-epochs E
-  for E epochs; --warm-up-on truth warms it up on the ground truth, to tell the CAM mechanism
-  from the quality of the classifier that feeds it; --after-round 1 probes a second round,
-  its views placed by the classifier trained on round 1's labels (full_ccd's final one, 4
-  epochs on them).
+  round (scoring.relabel_boxes, then scoring.score_boxes and labels.round_labels: the
+  functions of the Ray stages and of ccd_ray/method/rounds.py) with the configured
+  class selection and CAM views, the authors' selection, CAM region and box, and random
+  crops: classes selected per image, view area, whole objects per view, and the round's
+  pseudo-label quality on the training split. --student-side S warms the student up again in
+  this process at input side S (a finer CAM grid), --warm-up-epochs E for E epochs (both
+  through the pipeline's epoch loop, training.fit_epochs, with full_ccd's train settings and
+  no consistency term); --warm-up-on truth warms it up on the ground truth, to tell the CAM
+  mechanism from the quality of the classifier that feeds it; --after-round 1 probes a second
+  round, its views placed by the classifier trained on round 1's labels (full_ccd's final
+  one, 4 epochs on them).
 
-    python research/ablation_diagnostics.py views --out outputs/ablation --student-side 192
+    python -m research.ablation_diagnostics views --out outputs/ablation --student-side 192
 fusion: which labels full_ccd's relabel fusion moves across labels.threshold (round 0 ->
   round 1 on the training split), and how many of them are true.
 
-All probes read a variant of the table (synth_ablation.py --set ... --tag T) when given the same
---set values and --tag.
+All probes read a variant of the table (`python -m research.synth_ablation --set ... --tag T`)
+when given the same --set values and --tag.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import dataclasses
 import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -51,24 +54,23 @@ import numpy as np
 import pyarrow.dataset as pads
 import torch
 
-
-from ccd_ray.method import labels as label_ops
-from ccd_ray.method.cam import select_classes
-from ccd_ray.method.classifier import load_classifier, prepare_images
 from ccd_ray.demo.embedded import (IMAGE_SIDE, MAX_OBJECTS, SCENE_SCALE,
-                              STUDENT_BACKBONE_SPEC, TEACHER_SPEC, default_cache_dir)
-from ccd_ray.stages.evaluate import corpus_truth, truth_matrix
-from ccd_ray.stages.labeling import raw_stage, read_labels, read_scores
-from ccd_ray.method.metrics import f1_scores, mean_average_precision
-from ccd_ray.method.reference import labels_from_boxes, selection_threshold
-from ccd_ray.method.scoring import classifier_outputs, relabel_boxes, score_boxes
-from ccd_ray.io.storage import RunStore
+                                   STUDENT_BACKBONE_SPEC, TEACHER_SPEC, default_cache_dir)
 from ccd_ray.demo.pretrain_backbone import pretrained_backbone
 from ccd_ray.demo.pretrain_teacher import pretrained_teacher
 from ccd_ray.demo.scenes import CLASS_NAMES, make_scenes
+from ccd_ray.io.corpus import corpus_truth
+from ccd_ray.io.storage import RunStore
+from ccd_ray.method import labels as label_ops
+from ccd_ray.method.cam import select_classes
+from ccd_ray.method.classifier import load_classifier
+from ccd_ray.method.metrics import f1_scores, mean_average_precision, truth_matrix
+from ccd_ray.method.schedule import is_holdout, selection_threshold
+from ccd_ray.method.scoring import classifier_outputs, relabel_boxes, score_boxes
 from ccd_ray.method.teacher import Teacher
-from ccd_ray.stages.train import is_holdout
 from ccd_ray.method.views import box_guided_boxes, rng_for
+from ccd_ray.stages.labeling import raw_stage, read_labels, read_scores
+from research import label_transfer, synth_ablation
 
 # transfer's label sets: key -> (row label, the ablation setting and round whose labels it
 # is); those without are computed from full_ccd's stages (label_set)
@@ -92,25 +94,14 @@ VIEW_VARIANTS = {"CAM views, threshold selection (as run)": [],
                  "random crops (as random_views)": ["relabel.view_source=random"]}
 
 
-def _load_sibling(name: str):
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-ABLATION = _load_sibling("synth_ablation")
-TRANSFER = _load_sibling("label_transfer")
-
-
 def run_store(args, out: Path, setting: str, extra: list[str] = ()):
     """The config (the ablation's own, of its --set/--tag variant, plus extra overrides) and
     store of one ablation run of args.seed."""
-    cfg = ABLATION.setting_config(setting, args.seed,
-                                  ABLATION.corpus_path(out, args.images, args.seed),
-                                  pretrained_teacher(default_cache_dir(), TEACHER_SPEC), out,
-                                  pretrained_backbone(default_cache_dir(), STUDENT_BACKBONE_SPEC),
-                                  extra, base=args.base, tag=args.tag)
+    cfg = synth_ablation.setting_config(
+        setting, args.seed, synth_ablation.corpus_path(out, args.images, args.seed),
+        pretrained_teacher(default_cache_dir(), TEACHER_SPEC), out,
+        pretrained_backbone(default_cache_dir(), STUDENT_BACKBONE_SPEC), extra, base=args.base,
+        tag=args.tag)
     return cfg, RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
 
 
@@ -122,28 +113,32 @@ def training_split(cfg, ids: list[str]) -> np.ndarray:
 def raw_scores(store: RunStore, round_index: int, ids: list[str]) -> torch.Tensor:
     """A round's raw teacher scores (before debias and fusion), one row per id in order."""
     raw_ids, scores, _ = read_scores(store.fs, store.committed(raw_stage(round_index)))
-    row = {image_id: r for r, image_id in enumerate(raw_ids)}
-    return torch.from_numpy(scores[[row[i] for i in ids]])
+    return torch.from_numpy(label_ops.align_rows(np.asarray(ids), raw_ids, scores))
+
+
+def committed_labels(store: RunStore, round_index: int, ids: list[str]) -> np.ndarray:
+    """A committed round's soft labels, one row per id in order."""
+    return label_ops.align_rows(np.asarray(ids), *read_labels(store, round_index))
 
 
 def label_set(args, out: Path, key: str, ids: list[str]) -> np.ndarray:
     """One of LABEL_SETS (not the truth) as float32 rows in the order of ids."""
     _, setting, round_index = LABEL_SETS[key]
     if setting is not None:
-        by_image = read_labels(run_store(args, out, setting)[1], round_index)
-    elif key == "oracle":
+        store = run_store(args, out, setting)[1]
+        return committed_labels(store, round_index, ids).astype(np.float32)
+    if key == "oracle":
         by_image = oracle_labels(args, out)
-    else:
-        cfg, store = run_store(args, out, "full_ccd")
-        initial, views = (raw_scores(store, r, ids) for r in (0, 1))
-        by_image = dict(zip(ids, (views if key == "views_alone" else
-                                  label_ops.fuse(initial, views, cfg.labels.alpha)).numpy()))
-    return np.stack([by_image[i] for i in ids]).astype(np.float32)
+        return np.stack([by_image[i] for i in ids]).astype(np.float32)
+    cfg, store = run_store(args, out, "full_ccd")
+    initial, views = (raw_scores(store, r, ids) for r in (0, 1))
+    labels = views if key == "views_alone" else label_ops.fuse(initial, views, cfg.labels.alpha)
+    return labels.numpy().astype(np.float32)
 
 
 def export(args, out: Path, bundle: Path) -> None:
-    """Write the label sets of args.seed's world into a label bundle for label_transfer.py:
-    the world's 96-px scenes, split and truth once (checked equal if already there), and each
+    """Write the label sets of args.seed's world into a label bundle for
+    research/label_transfer.py: the world's 96-px scenes, split and truth once (checked equal if already there), and each
     set's labels at the variant's train.image_size."""
     cfg, donor = run_store(args, out, "global_only")
     side = cfg.train.image_size
@@ -154,12 +149,12 @@ def export(args, out: Path, bundle: Path) -> None:
                                                     dtype=torch.uint8).reshape(3, side, side)
                                    for i in ids])
     scene_pixels = torch.stack(images).numpy()
-    if not torch.equal(TRANSFER.student_inputs(scene_pixels, side), pipeline_inputs):
+    if not torch.equal(label_transfer.student_inputs(scene_pixels, side), pipeline_inputs):
         raise SystemExit("the scenes resized here differ from the run's train-inputs")
     holdout = np.array([by_id[i]["holdout"] for i in ids])
     truth = truth_matrix(corpus_truth(cfg), ids, CLASS_NAMES).astype(np.float32)
     bundle.mkdir(parents=True, exist_ok=True)
-    world = bundle / TRANSFER.world_file(args.seed)
+    world = bundle / label_transfer.world_file(args.seed)
     if world.exists():
         with np.load(world) as data:
             if not (list(data["ids"]) == ids and np.array_equal(data["holdout"], holdout)
@@ -168,10 +163,10 @@ def export(args, out: Path, bundle: Path) -> None:
     else:
         np.savez_compressed(world, ids=np.array(ids), scenes=scene_pixels, holdout=holdout,
                             truth=truth, class_names=np.array(CLASS_NAMES))
-    manifest_path = bundle / TRANSFER.MANIFEST
+    manifest_path = bundle / label_transfer.MANIFEST
     manifest = (json.loads(manifest_path.read_text()) if manifest_path.exists()
                 else {"backbone": cfg.train.backbone_weights, "sets": []})
-    train, inputs_sha256 = ~holdout, TRANSFER.inputs_sha256(pipeline_inputs)
+    train, inputs_sha256 = ~holdout, label_transfer.inputs_sha256(pipeline_inputs)
     for key in args.sets:
         name = LABEL_SETS[key][0]
         labels = truth if key == "truth" else label_set(args, out, key, ids)
@@ -191,7 +186,7 @@ def export(args, out: Path, bundle: Path) -> None:
 def transfer(args, out: Path) -> None:
     with tempfile.TemporaryDirectory() as bundle:
         export(args, out, Path(bundle))
-        TRANSFER.main(["--bundle", bundle, "--torch-seeds", *map(str, args.torch_seeds)])
+        label_transfer.main(["--bundle", bundle, "--torch-seeds", *map(str, args.torch_seeds)])
 
 
 def _inside(view: np.ndarray, box) -> float:
@@ -222,10 +217,9 @@ def full_ccd_round_inputs(args, out: Path):
     truth = truth_matrix(corpus_truth(cfg), ids, CLASS_NAMES).astype(np.float32)
     initial = raw_scores(store, 0, ids)
     lc = cfg.labels
-    bias = label_ops.bias_vector(label_ops.bias_partials(initial, lc.threshold,
-                                                         cfg.initial.entropy_threshold),
-                                 lc.bias_statistic)
-    previous = label_ops.debias(initial, bias, lc.gamma)
+    bias, _ = label_ops.initial_bias(initial, lc.threshold, cfg.initial.entropy_threshold,
+                                     lc.bias_statistic)
+    previous = label_ops.round_labels(initial, None, bias, lc.gamma, lc.alpha)
     teacher = Teacher.from_config(cfg.teacher, cfg.classes)
     return cfg, store, scenes, ids, images, truth, previous, bias, teacher
 
@@ -240,9 +234,8 @@ def oracle_labels(args, out: Path) -> dict[str, np.ndarray]:
         boxes.append(np.concatenate([
             box_guided_boxes(np.array(box), image.shape[1], image.shape[2], rc.views_per_box,
                              rc.box_offset, rc.box_jitter, rng) for box in scene.boxes]))
-    local = score_boxes(teacher, images, boxes, cfg)
-    fused = label_ops.fuse(previous, label_ops.debias(local, bias, cfg.labels.gamma),
-                           cfg.labels.alpha)
+    fused = label_ops.round_labels(score_boxes(teacher, images, boxes, cfg), previous, bias,
+                                   cfg.labels.gamma, cfg.labels.alpha)
     return dict(zip(ids, fused.numpy()))
 
 
@@ -261,16 +254,16 @@ def views(args, out: Path) -> None:
     if args.after_round:
         # a further round: full_ccd's classifier after training on round 1's labels places the
         # views, and round 1's labels are the ones it fuses into
-        labels_by_id = read_labels(store, args.after_round)
-        previous = torch.from_numpy(np.stack([labels_by_id[i] for i in ids]))
+        previous = torch.from_numpy(committed_labels(store, args.after_round, ids))
     if in_process:
         # full_ccd's warm-up again in this process: at another input side (a finer CAM grid),
         # longer, or on the ground truth (are a well-trained student's CAMs on the objects?)
-        model = TRANSFER.train_student(
-            prepare_images(images, student_side),
-            torch.from_numpy(truth) if args.warm_up_on == "truth" else previous,
-            torch.from_numpy(np.flatnonzero(train)), cfg.train.backbone_weights,
-            len(CLASS_NAMES), cfg.seed, warm_up_epochs)
+        warm_up = dataclasses.replace(cfg.train, image_size=student_side,
+                                      epochs=warm_up_epochs, beta=0.0)
+        model = label_transfer.train_student(
+            label_transfer.student_inputs(torch.stack(images).numpy(), student_side).numpy(),
+            truth if args.warm_up_on == "truth" else previous.numpy(), np.flatnonzero(train),
+            warm_up, len(CLASS_NAMES), cfg.seed)
     else:
         segment = store.committed(f"train/segment-{args.after_round}")
         model = load_classifier(f"{segment}/classifier.pt")[0]
@@ -292,7 +285,7 @@ def views(args, out: Path) -> None:
     print(f"| none (round {args.after_round}) | - | - | - | - | {quality(previous)} |")
     for name, overrides in VIEW_VARIANTS.items():
         variant, _ = run_store(args, out, "full_ccd", [*side, *overrides])
-        threshold = selection_threshold(probs, variant)
+        threshold = selection_threshold(variant, lambda: probs[torch.from_numpy(train)])
         selected = select_classes(probs, threshold)
         boxes = relabel_boxes(probs, cams, images, ids, threshold, round_index, variant)
         area, whole = [], []
@@ -300,7 +293,8 @@ def views(args, out: Path) -> None:
             for view in image_boxes:
                 area.append((view[2] - view[0]) * (view[3] - view[1]) / IMAGE_SIDE ** 2)
                 whole.append(sum(_inside(view, b) >= 0.7 for b in scene.boxes))
-        labels, _ = labels_from_boxes(teacher, images, boxes, previous, bias, variant)
+        labels = label_ops.round_labels(score_boxes(teacher, images, boxes, variant), previous,
+                                        bias, variant.labels.gamma, variant.labels.alpha)
         print(f"| {name} | {np.mean([len(s) for s in selected]):.2f} | {np.mean(area):.2f} | "
               f"{np.mean(whole):.2f} | {np.mean(np.array(whole) == 1):.2f} | {quality(labels)} |",
               flush=True)
@@ -310,12 +304,11 @@ def fusion(args, out: Path) -> None:
     """What full_ccd's relabel fusion changes: the labels it moves across labels.threshold
     between round 0 (debiased) and round 1, and how many of them are true."""
     cfg, store = run_store(args, out, "full_ccd")
-    before, after = read_labels(store, 0), read_labels(store, 1)
-    ids = sorted(before)
+    ids, before = read_labels(store, 0)
+    ids = ids.tolist()
     train = training_split(cfg, ids)
     truth = truth_matrix(corpus_truth(cfg), ids, CLASS_NAMES)[train].astype(bool)
-    old = np.stack([before[i] for i in ids])[train]
-    new = np.stack([after[i] for i in ids])[train]
+    old, new = before[train], committed_labels(store, 1, ids)[train]
     threshold = cfg.labels.threshold
     was, now = label_ops.binarize(old, threshold), label_ops.binarize(new, threshold)
     lost, gained = was & ~now, ~was & now

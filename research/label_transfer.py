@@ -2,16 +2,18 @@
 training seed's noise is averaged out? Ray-free, so it runs wherever torch does (a GPU box
 without Ray included).
 
-Reads a label bundle written by `ablation_diagnostics.py export` (one folder: each world's
-96-px scenes, split and truth; each label set as an array; sets.json naming them), trains the
-SynthScenes ablation's student (its pretrained body, lr, head factor, batch, 6 epochs; no
-consistency term unless --beta) on every set with every torch seed, and scores held-out mAP.
-A torch seed fixes the head's initialisation and the batch order, so the difference between
-two sets at the same seed is paired: that difference, averaged over seeds, resolves far
-smaller label effects than two single runs can (their spread is the seed's noise).
+Reads a label bundle written by `python -m research.ablation_diagnostics export` (one
+folder: each world's 96-px scenes, split and truth; each label set as an array; sets.json
+naming them), trains the SynthScenes ablation's student (its pretrained body, lr, head factor,
+batch, 6 epochs; no consistency term unless --beta) on every set with every torch seed, and
+scores held-out mAP. The student trains through the pipeline's own epoch loop
+(`training.fit_epochs`: its shuffle buffer, batches and augmentations). A torch seed fixes
+the head's initialisation and the batch order, so the difference between two sets at the same
+seed is paired: that difference, averaged over seeds, resolves far smaller label effects than
+two single runs can (their spread is the seed's noise).
 
-    python research/label_transfer.py --bundle outputs/ablation/label-sets --torch-seeds 0 1
-    python research/label_transfer.py --bundle B --torch-seeds 0-9 --device cuda --workers 4
+    python -m research.label_transfer --bundle outputs/ablation/label-sets --torch-seeds 0 1
+    python -m research.label_transfer --bundle B --torch-seeds 0-9 --device cuda --workers 4
 
 The student's inputs are rebuilt from the 96-px scenes with the pipeline's resize; their hash
 is checked against the pipeline's own train-inputs (recorded at export) and a mismatch (another
@@ -22,21 +24,22 @@ pipeline's Ray Train workers do there, and runs are not bit-reproducible.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import multiprocessing
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-
-from ccd_ray.method.classifier import CAMClassifier, normalise, resize_images
+from ccd_ray.config import TrainConfig
+from ccd_ray.method.classifier import CAMClassifier, resize_images
 from ccd_ray.method.labels import binarize
+from ccd_ray.method.local import predict_pixels
 from ccd_ray.method.metrics import mean_average_precision
-from ccd_ray.method.training import batch_indices, train_epoch
+from ccd_ray.method.training import fit_epochs
 
 MANIFEST = "sets.json"
 EPOCHS, WARMUP_EPOCHS = 6, 2  # the ablation's schedule
@@ -55,30 +58,40 @@ def student_inputs(scenes: np.ndarray, side: int) -> torch.Tensor:
     return resize_images(list(torch.from_numpy(scenes)), side)
 
 
-def train_student(inputs: torch.Tensor, targets: torch.Tensor, train_rows: torch.Tensor,
-                  backbone: str, num_classes: int, torch_seed: int, epochs: int = EPOCHS,
-                  device: str = "cpu", beta: float = 0.0) -> CAMClassifier:
-    """The ablation's student trained on fixed soft targets, with the consistency term at
-    weight beta after the pipeline's 2 warm-up epochs; inputs: normalised N x 3 x S x S on the
-    CPU, moved batch by batch as the pipeline does."""
+def student_config(backbone: str | None, side: int, epochs: int = EPOCHS, beta: float = 0.0
+                   ) -> TrainConfig:
+    """The ablation's student (synth_ablation's train settings): a ResNet-18 with this
+    pretrained body at this input side, lr 3e-4 with the head at 10x, batch 16, no weight
+    decay, the consistency term at weight beta after the 2 warm-up epochs."""
+    return dataclasses.replace(TrainConfig(), backbone="resnet18", backbone_weights=backbone,
+                               image_size=side, epochs=epochs, warmup_epochs=WARMUP_EPOCHS,
+                               beta=beta, lr=3e-4, head_lr_mult=10.0, weight_decay=0.0,
+                               batch_size=16)
+
+
+def train_student(pixels: np.ndarray, targets: np.ndarray, train_rows: np.ndarray,
+                  tc: TrainConfig, num_classes: int, torch_seed: int, device: str = "cpu"
+                  ) -> CAMClassifier:
+    """A student trained on fixed soft targets for tc.epochs through the pipeline's epoch loop
+    (`fit_epochs`, every sample weight 1); pixels: uint8 N x 3 x S x S, targets: N x C, both
+    on the CPU (moved batch by batch, as the pipeline does); train_rows: the rows trained on.
+    torch_seed fixes the initialisation and (as the loop's seed) the order and augmentations."""
     torch.manual_seed(torch_seed)
-    model = CAMClassifier("resnet18", num_classes, backbone).to(device)
-    optimizer = torch.optim.Adam(model.param_groups(3e-4, 10.0))
-    generator = torch.Generator().manual_seed(torch_seed)
-    for epoch in range(epochs):
-        order = train_rows[torch.randperm(len(train_rows), generator=generator)]
-        batches = [(inputs[i], targets[i], None) for i in batch_indices(order, 16)]
-        train_epoch(model, optimizer, batches, epoch, beta, WARMUP_EPOCHS, generator)
+    model = CAMClassifier(tc.backbone, num_classes, tc.backbone_weights).to(device)
+    optimizer = torch.optim.Adam(model.param_groups(tc.lr, tc.head_lr_mult),
+                                 weight_decay=tc.weight_decay)
+    rows = {"pixels": np.ascontiguousarray(pixels[train_rows]),
+            "targets": np.asarray(targets[train_rows], dtype=np.float32),
+            "weights": np.ones(len(train_rows), dtype=np.float32)}
+    fit_epochs(model, optimizer, tc, torch_seed, range(tc.epochs), lambda epoch: [rows],
+               lambda metrics: None, torch.device(device))
     return model
 
 
-def held_out_map(model: CAMClassifier, inputs: torch.Tensor, holdout_rows: torch.Tensor,
+def held_out_map(model: CAMClassifier, pixels: np.ndarray, holdout_rows: np.ndarray,
                  truth: np.ndarray) -> float:
-    device = next(model.parameters()).device
-    model.eval()
-    with torch.no_grad():
-        probs = torch.sigmoid(model(inputs[holdout_rows].to(device))[0].float()).cpu().numpy()
-    return 100 * mean_average_precision(probs, truth[holdout_rows.numpy()])
+    return 100 * mean_average_precision(predict_pixels(model, pixels[holdout_rows]),
+                                        truth[holdout_rows])
 
 
 class Bundle:
@@ -111,14 +124,13 @@ class Bundle:
     def score(self, set_index: int, torch_seed: int, device: str, beta: float) -> float:
         entry = self.sets[set_index]
         world = self.world(entry["world_seed"])
-        targets = torch.from_numpy(np.load(self.folder / entry["file"]))
-        holdout = torch.from_numpy(world["holdout"])
-        train_rows = torch.nonzero(~holdout).flatten()
-        holdout_rows = torch.nonzero(holdout).flatten()
-        inputs = normalise(self.pixels(entry["world_seed"], entry["side"]))
-        model = train_student(inputs, targets, train_rows, self.backbone,
-                              world["truth"].shape[1], torch_seed, device=device, beta=beta)
-        return held_out_map(model, inputs, holdout_rows, world["truth"])
+        targets = np.load(self.folder / entry["file"])
+        holdout = world["holdout"].astype(bool)
+        pixels = self.pixels(entry["world_seed"], entry["side"]).numpy()
+        model = train_student(pixels, targets, np.flatnonzero(~holdout),
+                              student_config(self.backbone, entry["side"], beta=beta),
+                              world["truth"].shape[1], torch_seed, device=device)
+        return held_out_map(model, pixels, np.flatnonzero(holdout), world["truth"])
 
 
 _WORKER_BUNDLE: Bundle | None = None
@@ -267,8 +279,8 @@ def report(bundle: Bundle, scores: dict[int, dict[int, float]], seeds: list[int]
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--bundle", required=True, help="the folder `ablation_diagnostics.py "
-                                                        "export` wrote")
+    parser.add_argument("--bundle", required=True,
+                        help="the folder `python -m research.ablation_diagnostics export` wrote")
     parser.add_argument("--torch-seeds", nargs="+", default=["0", "1"],
                         help="training seeds per label set: '0 1 2' or '0-9' (0 1)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

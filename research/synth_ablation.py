@@ -1,12 +1,12 @@
 """The SynthScenes ablation: CCD's components measured on the synthetic world, like the
 paper's ablation table, mean +- std over seeds.
 
-    python research/synth_ablation.py                      # 3 seeds, every setting
-    python research/synth_ablation.py --seeds 0 --settings global_only full_ccd
-    python research/synth_ablation.py --set relabel.rounds=2 --tag two-rounds  # a variant
-    python research/synth_ablation.py --set initial.random_crops=10 --tag paper-phase1 \
+    python -m research.synth_ablation                      # 3 seeds, every setting
+    python -m research.synth_ablation --seeds 0 --settings global_only full_ccd
+    python -m research.synth_ablation --set relabel.rounds=2 --tag two-rounds  # a variant
+    python -m research.synth_ablation --set initial.random_crops=10 --tag paper-phase1 \
         --paired-baseline plain        # a variant's gains over the plain table's global-only
-    python research/synth_ablation.py --set train.image_size=192 --set initial.random_crops=10 \
+    python -m research.synth_ablation --set train.image_size=192 --set initial.random_crops=10 \
         --tag crops-192 --baseline-tag s192 --baseline-set train.image_size=192
                                        # ... or over another variant's global-only
 
@@ -36,17 +36,15 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-
 from ccd_ray.config import load_config
 from ccd_ray.demo.embedded import (DEFAULT_CONFIG, STUDENT_BACKBONE_SPEC, TEACHER_SPEC,
-                              default_cache_dir, make_corpus)
+                                   default_cache_dir, make_corpus)
 from ccd_ray.stages.evaluate import FINAL_STAGE
 from ccd_ray.stages.pipeline import check_run_config, run_ccd
 from ccd_ray.stages.runtime import init_ray

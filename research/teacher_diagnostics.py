@@ -1,28 +1,26 @@
 """Pretrain (or load the cached) synthetic-world teacher and measure its deficiencies.
 
-    python research/teacher_diagnostics.py [--scenes 400] [--cache ~/.cache/ccd-ray]
+    python -m research.teacher_diagnostics [--scenes 400] [--cache ~/.cache/ccd-ray]
 
-Prints the markdown tables quoted in the README and writes them with the raw numbers to
---out (JSON)."""
+Prints the markdown tables quoted in research/README.md and writes them with the raw numbers
+to --out (JSON)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
 
-
 from ccd_ray.config import ClassesConfig, TeacherConfig
 from ccd_ray.demo.embedded import SCENE_SCALE, TEACHER_SPEC, default_cache_dir
-from research.teacher_probe import diagnose, diagnostics_markdown
 from ccd_ray.demo.pretrain_teacher import class_accuracy, popularity, pretrained_teacher
 from ccd_ray.demo.scenes import CLASS_NAMES, make_scenes
 from ccd_ray.method.teacher import Teacher, load_clip
+from research.teacher_probe import diagnose, diagnostics_markdown
 
 
 def main() -> None:

@@ -3,21 +3,17 @@ the benchmark)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[1] / "synth_ablation.py"
+from research import synth_ablation
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("synth_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return synth_ablation
 
 
 def test_every_setting_is_a_valid_config_that_differs_from_full_ccd(ablation, tmp_path):

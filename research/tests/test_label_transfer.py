@@ -4,28 +4,22 @@ an input mismatch with the pipeline's train-inputs is reported."""
 
 from __future__ import annotations
 
-import importlib
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision
 
-SCRIPT = Path(__file__).resolve().parents[1] / "label_transfer.py"
+from research import label_transfer
+
 SIDE, IMAGES, CLASSES = 32, 24, 3
 
 
 @pytest.fixture(scope="module")
 def transfer():
-    # imported by name from benchmarks/, so --workers' spawned processes can import it too
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        yield importlib.import_module(SCRIPT.stem)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    # the module by its package name, which --workers' spawned processes import too
+    return label_transfer
 
 
 @pytest.fixture()
