@@ -3,7 +3,7 @@
 One run, on the same images and the same teacher weights, measures:
 
   (a) `labeling.score_initial` on a local Parquet corpus, `compute.clip_actors=1`: the whole
-      Ray Data stage (read tasks -> InitialScorer actor -> write_parquet -> read-back count
+      Ray Data stage (read tasks -> InitialViewScorer actor -> write_parquet -> read-back count
       -> commit). After a warm-up run on the tiny corpus (reported, in no ratio: the first
       Ray Data execution of a fresh Ray instance also starts and warms its task workers),
       it is run on a tiny corpus (one shard of a few images), whose wall time is essentially
@@ -14,7 +14,7 @@ One run, on the same images and the same teacher weights, measures:
       Two cross-checks come from Ray Data's own records (its log, read by a handler): the
       same difference over its execution time of the read->actor->write dataset only
       (without the read-back count pass), and over the time the actor spent on its batches
-      (`task_worker_completion_time_s` of MapBatches(InitialScorer): decode + score +
+      (`task_worker_completion_time_s` of MapBatches(InitialViewScorer): decode + score +
       output table, no actor start-up, no waiting). Their ratio to the steady-state wall
       time is the actor's utilisation: ~1 means the actor never waited for reads or
       writes; it is measured in one time window, so it is the number least disturbed by
@@ -355,15 +355,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             t = time.perf_counter()
             folder = labeling.score_initial(run_cfg, store)
             seconds = time.perf_counter() - t
-            return {"seconds": seconds, "folder": folder,
-                    "scoring_dataset_s": ray_data_log.seconds("InitialScorer"),
-                    "count_pass_s": ray_data_log.seconds("_batch_summary"),
+            return {"seconds": seconds, "folder": folder, "cfg": run_cfg, "store": store,
+                    "scoring_dataset_s": ray_data_log.seconds("InitialViewScorer"),
+                    "count_pass_s": 0.0,  # counts come from two columns read on the driver
                     "actor_busy_s": ray_data_log.operator_metric(
-                        "InitialScorer", "task_worker_completion_time_s"),
+                        "InitialViewScorer", "task_worker_completion_time_s"),
                     "actor_udf_s": ray_data_log.operator_metric(
-                        "InitialScorer", "function_body_time_s"),
+                        "InitialViewScorer", "function_body_time_s"),
                     "actor_batches": ray_data_log.operator_metric(
-                        "InitialScorer", "num_tasks_finished")}
+                        "InitialViewScorer", "num_tasks_finished")}
 
         # The first Ray Data execution of a fresh Ray instance also pays one-time costs
         # (task workers start and import ray.data, pyarrow, torch); the tiny run must not
@@ -372,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         tiny = pipeline(cfg_tiny)
         full = pipeline(cfg)
 
-        out_ids, out_scores, out_errors = labeling.read_scores(fs, full["folder"])
+        out_ids, out_scores, out_errors = labeling.read_raw(full["cfg"], full["store"], 0)
         views_table = pq.read_table(full["folder"], filesystem=fs, columns=["views"])
         pipeline_views = int(sum(views_table.column("views").to_pylist()))
         if out_errors.num_rows or len(out_ids) != n_full:
@@ -526,7 +526,7 @@ def report(r: dict[str, Any]) -> str:
             "own execution time of that dataset (leaves out the read-back count pass, a fixed "
             "cost)", dataset),
         row("(a) actor only, steady state", "full minus tiny of the time the actor spent on "
-            "its batches (Ray Data's task_worker_completion_time_s of MapBatches(InitialScorer):"
+            "its batches (Ray Data's task_worker_completion_time_s of MapBatches(InitialViewScorer):"
             " decode + score + output table; no actor start, no waiting)", actor),
         row("(b) plain batched loop, before (a)", f"decode + crop + score, "
             f"{b1['forward_passes']} forward passes; warm teacher, bytes in memory", b1),

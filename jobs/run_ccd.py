@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ccd_ray.cli import add_config_arguments, job_config
+from ccd_ray.cli import add_config_arguments, job_config, prepare_job
 from ccd_ray.config import ConfigError
 from ccd_ray.stages.pipeline import run_ccd
 from ccd_ray.stages.runtime import init_ray
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
+    prepare_job(args.config, overrides)
     init_ray(args.address)
     run_ccd(cfg)
     return 0

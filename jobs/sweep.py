@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ccd_ray.cli import add_config_arguments, job_config
+from ccd_ray.cli import add_config_arguments, job_config, prepare_job
 from ccd_ray.config import ConfigError
 from ccd_ray.stages.runtime import init_ray
 from ccd_ray.sweep.spec import parse_flag, parse_sweep_spec
@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ccd_ray.sweep.tune import run_sweep
 
+    prepare_job(args.config, args.set)
     init_ray(args.address)
     outcome = run_sweep(cfg, spec)
     print(f"summary: {outcome.summary_folder}")

@@ -69,7 +69,7 @@ from ccd_ray.method.schedule import is_holdout, selection_threshold
 from ccd_ray.method.scoring import classifier_outputs, relabel_boxes, score_boxes
 from ccd_ray.method.teacher import Teacher
 from ccd_ray.method.views import box_guided_boxes, rng_for
-from ccd_ray.stages.labeling import raw_stage, read_labels, read_scores
+from ccd_ray.stages.labeling import read_labels, read_raw
 from research import label_transfer, synth_ablation
 
 # transfer's label sets: key -> (row label, the ablation setting and round whose labels it
@@ -110,9 +110,9 @@ def training_split(cfg, ids: list[str]) -> np.ndarray:
     return np.array([not is_holdout(i, cfg.train.holdout_fraction, cfg.seed) for i in ids])
 
 
-def raw_scores(store: RunStore, round_index: int, ids: list[str]) -> torch.Tensor:
+def raw_scores(cfg, store: RunStore, round_index: int, ids: list[str]) -> torch.Tensor:
     """A round's raw teacher scores (before debias and fusion), one row per id in order."""
-    raw_ids, scores, _ = read_scores(store.fs, store.committed(raw_stage(round_index)))
+    raw_ids, scores, _ = read_raw(cfg, store, round_index)
     return torch.from_numpy(label_ops.align_rows(np.asarray(ids), raw_ids, scores))
 
 
@@ -131,7 +131,7 @@ def label_set(args, out: Path, key: str, ids: list[str]) -> np.ndarray:
         by_image = oracle_labels(args, out)
         return np.stack([by_image[i] for i in ids]).astype(np.float32)
     cfg, store = run_store(args, out, "full_ccd")
-    initial, views = (raw_scores(store, r, ids) for r in (0, 1))
+    initial, views = (raw_scores(cfg, store, r, ids) for r in (0, 1))
     labels = views if key == "views_alone" else label_ops.fuse(initial, views, cfg.labels.alpha)
     return labels.numpy().astype(np.float32)
 
@@ -215,7 +215,7 @@ def full_ccd_round_inputs(args, out: Path):
     cfg, store = run_store(args, out, "full_ccd")
     scenes, ids, images = world_scenes(args, cfg)
     truth = truth_matrix(corpus_truth(cfg), ids, CLASS_NAMES).astype(np.float32)
-    initial = raw_scores(store, 0, ids)
+    initial = raw_scores(cfg, store, 0, ids)
     lc = cfg.labels
     bias, _ = label_ops.initial_bias(initial, lc.threshold, cfg.initial.entropy_threshold,
                                      lc.bias_statistic)

@@ -229,8 +229,8 @@ def image_zoo(size: int = 64, seed: int = 11) -> list[tuple[str, bytes | None, s
     imaging/corpus reason their error must start with)."""
     from PIL import Image
 
-    from ccd_ray.io.decode import EMPTY, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED
     from ccd_ray.demo.scenes import make_scenes
+    from ccd_ray.io.decode import EMPTY, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED
 
     scene = Image.fromarray(make_scenes(1, seed=seed, size=size)[0].image)
     png, jpeg = _encode(scene, "PNG"), _encode(scene, "JPEG", quality=90)

@@ -1,5 +1,6 @@
 """The Ray Data actor classes called directly (no Ray) on pyarrow batches mixing good rows,
-rows that fail to decode and rows that arrive with a read error."""
+rows that fail to decode and rows that arrive with a read error: every view's scores and
+boxes, errors carried with their stage, phase 2 decoding each image once."""
 
 from __future__ import annotations
 
@@ -9,13 +10,24 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
+from conftest import ZOO_MAX_PIXELS, image_zoo, make_classifier
 
-from ccd_ray.stages.actors import BOXES_SCHEMA, RAW_SCHEMA, CamBoxer, GuidedScorer, InitialScorer
 from ccd_ray.io.corpus import ROW_SCHEMA, UNREADABLE_SHARD
 from ccd_ray.io.decode import decode_image
-from ccd_ray.method.scoring import classifier_outputs, initial_scores, relabel_boxes, score_boxes
-
-from conftest import ZOO_MAX_PIXELS, image_zoo, make_classifier
+from ccd_ray.method.scoring import (
+    classifier_outputs,
+    initial_scores,
+    phase1_boxes,
+    relabel_boxes,
+    score_boxes,
+)
+from ccd_ray.stages.actors import (
+    BOXES_SCHEMA,
+    VIEW_SCHEMA,
+    CamBoxer,
+    GuidedViewScorer,
+    InitialViewScorer,
+)
 
 ACTOR_CONFIG = ["train.image_size=64", "initial.random_crops=2", "relabel.views_per_box=2",
                 f"data.max_image_pixels={ZOO_MAX_PIXELS}", "compute.device=cpu"]
@@ -48,7 +60,7 @@ def expected():
 def initial_scorer(cfg):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random teacher weights
-        return InitialScorer(cfg.to_dict())
+        return InitialViewScorer(cfg.to_dict())
 
 
 def _check_errors(out: pa.Table, expected) -> list[int]:
@@ -71,51 +83,68 @@ def _decoded(batch: pa.Table, rows: list[int], cfg) -> list[torch.Tensor]:
             for i in rows]
 
 
-def test_initial_scorer_scores_good_rows_and_carries_errors(initial_scorer, batch, expected, cfg):
+def _pooled(out: pa.Table, rows: list[int], num_classes: int) -> np.ndarray:
+    """Max over each row's views, as the label step pools them."""
+    return np.stack([np.asarray(out.column("view_scores")[i].as_py()).reshape(-1, num_classes)
+                     .max(axis=0) for i in rows])
+
+
+def test_initial_scorer_scores_every_view_and_carries_errors(initial_scorer, batch, expected,
+                                                            cfg):
     out = initial_scorer(batch)
-    assert out.schema.equals(RAW_SCHEMA) and out.num_rows == batch.num_rows
+    assert out.schema.equals(VIEW_SCHEMA) and out.num_rows == batch.num_rows
     assert out.column("image_id").to_pylist() == batch.column("image_id").to_pylist()
     good = _check_errors(out, expected)
     assert len(good) == sum(v is None for v in expected.values())
 
     views = out.column("views").to_pylist()
-    scores = out.column("scores").to_pylist()
+    scores = out.column("view_scores").to_pylist()
     for i in range(out.num_rows):
         if i in good:
-            assert views[i] == 1 + cfg.initial.random_crops and len(scores[i]) == 4
+            assert views[i] == 1 + cfg.initial.random_crops and len(scores[i]) == 4 * views[i]
         else:
             assert views[i] == 0 and scores[i] is None
+    assert out.column("teacher_passes")[0].as_py() >= 1
 
     ids = [batch.column("image_id")[i].as_py() for i in good]
-    reference = initial_scores(initial_scorer.teacher, _decoded(batch, good, cfg), ids, cfg)
-    np.testing.assert_allclose(np.array([scores[i] for i in good]), reference.numpy(), atol=1e-6)
+    images = _decoded(batch, good, cfg)
+    want_boxes = phase1_boxes(images, ids, cfg)
+    for i, w in zip(good, want_boxes):
+        assert out.column("boxes")[i].as_py() == w.astype(np.int32).ravel().tolist()
+        assert (out.column("height")[i].as_py(), out.column("width")[i].as_py()) == \
+            tuple(images[good.index(i)].shape[1:])
+    reference = initial_scores(initial_scorer.teacher, images, ids, cfg)
+    np.testing.assert_allclose(_pooled(out, good, 4), reference.numpy(), atol=1e-6)
     # the same image scores the same wherever it sits in a batch (views seeded by image id)
     single = initial_scorer(batch.slice(0, 1))
-    np.testing.assert_allclose(single.column("scores")[0].as_py(), scores[0], atol=1e-6)
+    np.testing.assert_allclose(single.column("view_scores")[0].as_py(), scores[0], atol=1e-6)
 
 
 def test_initial_scorer_on_a_batch_without_good_rows(initial_scorer, batch, expected):
     bad = batch.filter(pa.array([expected[i] is not None
                                  for i in batch.column("image_id").to_pylist()]))
     out = initial_scorer(bad)
-    assert out.num_rows == bad.num_rows and out.column("scores").null_count == bad.num_rows
+    assert out.num_rows == bad.num_rows and out.column("view_scores").null_count == bad.num_rows
     assert _check_errors(out, expected) == []
 
 
-def test_cam_boxer_then_guided_scorer(cfg, batch, expected):
-    """Phase 2 as the two pools chain it: boxes per good row, errors carried with their stage."""
+def test_cam_boxer_then_guided_scorer(cfg, batch, expected, monkeypatch):
+    """Phase 2 as the two pools chain it: boxes and decoded pixels per good row, errors carried
+    with their stage; the teacher's half scores those pixels without decoding again."""
     model, checkpoint = make_classifier(list(cfg.classes.names), seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         boxer = CamBoxer(cfg.to_dict(), checkpoint, 0.5, 1)
-        scorer = GuidedScorer(cfg.to_dict())
+        scorer = GuidedViewScorer(cfg.to_dict())
     boxed = boxer(batch)
-    assert boxed.schema.equals(BOXES_SCHEMA)
+    assert boxed.schema.equals(BOXES_SCHEMA) and "image" not in boxed.column_names
     good = _check_errors(boxed, expected)
     boxes = boxed.column("boxes").to_pylist()
     assert all((boxes[i] is None) == (i not in good) for i in range(boxed.num_rows))
 
     images = _decoded(batch, good, cfg)
+    for i, image in zip(good, images):
+        assert boxed.column("pixels")[i].as_py() == image.numpy().tobytes()
     ids = [batch.column("image_id")[i].as_py() for i in good]
     probs, cams = classifier_outputs(model, images, cfg.train.image_size)
     want = relabel_boxes(probs, cams, images, ids, 0.5, 1, cfg)
@@ -123,14 +152,19 @@ def test_cam_boxer_then_guided_scorer(cfg, batch, expected):
         assert boxes[i] == w.astype(np.int32).ravel().tolist()
         assert len(boxes[i]) % (4 * cfg.relabel.views_per_box) == 0
 
+    import ccd_ray.stages.actors as actors
+
+    def no_decode(*args, **kwargs):
+        raise AssertionError("the teacher's half decoded an image again")
+
+    monkeypatch.setattr(actors, "decode_image", no_decode)
     out = scorer(boxed)
-    assert out.schema.equals(RAW_SCHEMA)
+    assert out.schema.equals(VIEW_SCHEMA)
     assert _check_errors(out, expected) == good
     views = out.column("views").to_pylist()
     assert [views[i] for i in good] == [len(w) for w in want]
     reference = score_boxes(scorer.teacher, images, want, cfg)
-    np.testing.assert_allclose(np.array([out.column("scores")[i].as_py() for i in good]),
-                               reference.numpy(), atol=1e-6)
+    np.testing.assert_allclose(_pooled(out, good, 4), reference.numpy(), atol=1e-6)
 
 
 def test_cam_boxer_rejects_a_corrupt_checkpoint(cfg):

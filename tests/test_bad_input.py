@@ -12,18 +12,17 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+from conftest import ZOO_MAX_PIXELS, attempts, image_zoo, make_classifier, run_to_round, tree
 
-from ccd_ray.stages import labeling
-from ccd_ray.method import labels as label_ops
 from ccd_ray.config import config_from_dict
 from ccd_ray.io.corpus import UNREADABLE_SHARD
 from ccd_ray.io.decode import decode_image
 from ccd_ray.io.packing import synthetic_records, write_shards
-from ccd_ray.method.scoring import initial_scores
 from ccd_ray.io.storage import RunStore, filesystem_for, read_json, write_bytes
+from ccd_ray.method import labels as label_ops
+from ccd_ray.method.scoring import initial_scores
 from ccd_ray.method.teacher import Teacher
-
-from conftest import ZOO_MAX_PIXELS, attempts, image_zoo, make_classifier, run_to_round, tree
+from ccd_ray.stages import labeling, score_cache
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -56,7 +55,7 @@ def bad_run(ray_session, s3_config):
 
     store = RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
     run_to_round(cfg, store, 0)
-    raw, labels = (store.committed(s) for s in (labeling.raw_stage(0), labeling.labels_stage(0)))
+    raw, labels = labeling.raw_folder(cfg, store, 0), store.committed(labeling.labels_stage(0))
     return SimpleNamespace(cfg=cfg, store=store, raw=raw, labels=labels, good=good,
                            expected_errors=expected, data=data)
 
@@ -147,9 +146,14 @@ def test_too_many_errors_stops_the_stage_and_commits_nothing(bad_run):
         labeling.commit_labels(strict, store, 1, np.array([], str), np.zeros((0, 4), np.float32),
                                np.ones(4, np.float32), {})
 
-    # the abandoned attempt shows the errors went through both phase-2 actor pools intact
-    (attempt,) = attempts(store, labeling.raw_stage(1))
-    rows = pads.dataset(store.path(labeling.raw_stage(1), attempt), filesystem=store.fs,
+    # the abandoned attempt of the round's cache entry shows the errors went through both
+    # phase-2 actor pools intact
+    cache = score_cache.cache_store(strict)
+    entry = score_cache.stage_name(score_cache.guided_key(
+        strict, checkpoint, strict.relabel.selection_threshold, 1))
+    assert cache.committed(entry) is None
+    (attempt,) = attempts(cache, entry)
+    rows = pads.dataset(cache.path(entry, attempt), filesystem=cache.fs,
                         format="parquet").to_table().to_pylist()
     assert {r["image_id"]: (r["error_stage"], r["error"].split(":")[0])
             for r in rows if r["error"]} == {

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from ccd_ray.method.cam import (avg_count_threshold, cam_boxes, component_labels, first_last_box,
-                         grid_shape, largest_component_box, normalise_cams, select_classes)
+from ccd_ray.method.cam import (
+    avg_count_threshold,
+    cam_boxes,
+    component_labels,
+    first_last_box,
+    grid_shape,
+    largest_component_box,
+    normalise_cams,
+    select_classes,
+)
 
 
 def _mask(rows: list[str]) -> torch.Tensor:

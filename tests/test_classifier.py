@@ -5,8 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ccd_ray.method.classifier import (CAMClassifier, load_classifier, predict, prepare_images,
-                                save_classifier)
+from ccd_ray.method.classifier import (
+    CAMClassifier,
+    load_classifier,
+    predict,
+    prepare_images,
+    save_classifier,
+)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import typing
 
 import pytest
 
-from ccd_ray.config import (CCDConfig, ConfigError, config_reference, load_config, validate)
+from ccd_ray.config import CCDConfig, ConfigError, config_reference, load_config, validate
 
 NAMES = ["classes.names=[cat, dog]"]
 

@@ -13,8 +13,14 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from ccd_ray.io.corpus import (ROW_SCHEMA, UNREADABLE_SHARD, CorpusLayout, discover, read_ground_truth,
-                            read_task_rows)
+from ccd_ray.io.corpus import (
+    ROW_SCHEMA,
+    UNREADABLE_SHARD,
+    CorpusLayout,
+    discover,
+    read_ground_truth,
+    read_task_rows,
+)
 from ccd_ray.io.decode import decode_image, encode_png
 from ccd_ray.io.packing import write_shards
 

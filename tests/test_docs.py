@@ -107,7 +107,8 @@ def test_config_reference_is_current():
     block = generated_block((DOCS / "configuration.md").read_text(), "config-reference")
     assert block is not None, "docs/configuration.md lacks the config-reference markers"
     assert block == config_reference(), (
-        "docs/configuration.md config table is stale: regenerate it with `python -m ccd_ray.config`")
+        "docs/configuration.md config table is stale: regenerate it with "
+        "`python -m ccd_ray.config`")
 
 
 def test_sweep_dependency_table_is_current():

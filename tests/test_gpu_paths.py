@@ -12,10 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ccd_ray.stages import actors, datasets
-from ccd_ray.method.classifier import CAMClassifier
 from ccd_ray.config import ConfigError
+from ccd_ray.method import scoring
+from ccd_ray.method.classifier import CAMClassifier
 from ccd_ray.method.training import step_losses, train_step
+from ccd_ray.stages import actors, datasets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,36 +49,37 @@ def autocast_calls(monkeypatch):
     return calls
 
 
-# --- actors.pick_device ---------------------------------------------------------------------
+# --- scoring.pick_device ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("device", ["cpu", "auto"])
 def test_pick_device_without_cuda_is_cpu(make_config, no_cuda, device):
-    assert actors.pick_device(make_config(f"compute.device={device}")) == torch.device("cpu")
+    assert scoring.pick_device(make_config(f"compute.device={device}")) == torch.device("cpu")
 
 
 def test_pick_device_cuda_without_cuda_is_a_clear_error(make_config, no_cuda):
     with pytest.raises(RuntimeError, match=r"compute\.device is 'cuda'.*no CUDA device") as info:
-        actors.pick_device(make_config("compute.device=cuda"))
+        scoring.pick_device(make_config("compute.device=cuda"))
     assert "compute.gpus_per_actor" in str(info.value)  # says how to fix it
 
 
 def test_pick_device_with_cuda(make_config, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert actors.pick_device(make_config("compute.device=auto")) == torch.device("cuda")
-    assert actors.pick_device(make_config("compute.device=cuda")) == torch.device("cuda")
-    assert actors.pick_device(make_config("compute.device=cpu")) == torch.device("cpu")
+    assert scoring.pick_device(make_config("compute.device=auto")) == torch.device("cuda")
+    assert scoring.pick_device(make_config("compute.device=cuda")) == torch.device("cuda")
+    assert scoring.pick_device(make_config("compute.device=cpu")) == torch.device("cpu")
 
 
 def test_actor_with_cuda_device_fails_at_construction_not_deep_in_torch(make_config, no_cuda):
     cfg = make_config("compute.device=cuda")
     with pytest.raises(RuntimeError, match=r"compute\.device"):
-        actors.InitialScorer(cfg.to_dict())
+        actors.InitialViewScorer(cfg.to_dict())
 
 
-# --- datasets.actor_pool_args: GPU requests of the actor pools ----------------------------------------
+# --- datasets.actor_pool_args: GPU requests of the actor pools -------------------------------
 
 def test_pool_requests_no_gpu_by_default(make_config):
-    pool = datasets.actor_pool_args(make_config("compute.cpus_per_actor=2", "compute.images_per_batch=8"), 3)
+    pool = datasets.actor_pool_args(make_config("compute.cpus_per_actor=2",
+                                                "compute.images_per_batch=8"), 3)
     assert "num_gpus" not in pool
     assert pool["num_cpus"] == 2.0 and pool["batch_size"] == 8
     assert isinstance(pool["batch_size"], int)  # Ray Data needs an int batch size with GPUs

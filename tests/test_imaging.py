@@ -7,11 +7,10 @@ import io
 import numpy as np
 import pytest
 import torch
+from conftest import ZOO_MAX_PIXELS, image_zoo, png_header
 from PIL import Image
 
 from ccd_ray.io.decode import EMPTY, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED, decode_image, encode_png
-
-from conftest import ZOO_MAX_PIXELS, image_zoo, png_header
 
 ZOO = image_zoo()
 BAD = [z for z in ZOO if z[2]]

@@ -23,13 +23,13 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from ccd_ray.method.classifier import load_classifier
 from ccd_ray.config import load_config
 from ccd_ray.demo.embedded import DEFAULT_CONFIG
-from ccd_ray.stages.labeling import labels_stage, read_labels
+from ccd_ray.demo.scenes import CLASS_NAMES
 from ccd_ray.io.packing import synthetic_records, write_shards
 from ccd_ray.io.storage import RunStore, filesystem_for, read_bytes, read_json
-from ccd_ray.demo.scenes import CLASS_NAMES
+from ccd_ray.method.classifier import load_classifier
+from ccd_ray.stages.labeling import labels_stage, read_labels
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -80,7 +80,8 @@ def head_cluster(s3_server, tmp_path_factory):
                 break
             except OSError:
                 if time.time() > deadline or process.poll() is not None:
-                    raise RuntimeError(f"ray start --head did not come up: {log.read_text()}")
+                    raise RuntimeError(
+                        f"ray start --head did not come up: {log.read_text()}") from None
                 time.sleep(1)
         yield {"dashboard": url, "gcs": f"127.0.0.1:{ports['--port']}", "env": env,
                "ray": ray_cli, "temp_dir": temp_dir}
@@ -265,7 +266,9 @@ def test_killed_job_resumes_and_a_lost_train_worker_is_recovered(
     assert sorted(resumed) == sorted(uninterrupted)
     for image_id, scores in uninterrupted.items():
         np.testing.assert_allclose(resumed[image_id], scores, atol=1e-4, err_msg=image_id)
-    attempts = [i for i in store.fs.get_file_info(
-        pafs.FileSelector(store.path("round-1/raw")))
-        if posixpath.basename(i.path).startswith("attempt-")]
+    # the killed scoring attempt was in the round's score-cache entry: cleaned up on commit
+    cache = RunStore(store.fs, posixpath.join(posixpath.dirname(store.root), "score-cache"))
+    entry = store.marker("round-1/raw")["cache_entry"]
+    attempts = [i for i in store.fs.get_file_info(pafs.FileSelector(cache.path(entry)))
+                if posixpath.basename(i.path).startswith("attempt-")]
     assert len(attempts) == 1, "the killed attempt was not cleaned up on commit"

@@ -47,3 +47,17 @@ def test_run_ccd_reports_config_errors(tmp_path, capsys):
     assert load_job("run_ccd").main(["--config", str(config)]) == 2
     err = capsys.readouterr().err
     assert "labels.alpha" in err and "[0.0, 1.0]" in err
+
+
+def test_building_the_embedded_config_does_no_work(tmp_path, monkeypatch):
+    """The config names where the embedded corpus and teacher go; making them is the job's
+    first step (prepare_job), not the config's."""
+    from ccd_ray.cli import job_config, uses_embedded
+
+    monkeypatch.setenv("CCD_RAY_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    cfg = job_config(None, ["labels.alpha=0.3"])
+    assert uses_embedded(None, []) and not uses_embedded(None, ["data.corpus_uri=/x"])
+    assert cfg.teacher.model.startswith("local-dir:" + str(tmp_path / "cache"))
+    assert cfg.data.corpus_uri.startswith(str(tmp_path / "outputs" / "_embedded"))
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "outputs").exists()

@@ -16,17 +16,16 @@ import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+from conftest import attempts, make_classifier, run_to_round, tree
 
-from ccd_ray.stages import labeling
-from ccd_ray.method import labels as label_ops
 from ccd_ray.io.corpus import discover, read_ground_truth
 from ccd_ray.io.decode import decode_image
 from ccd_ray.io.packing import synthetic_records, write_shards
-from ccd_ray.method.scoring import classifier_outputs, initial_scores, relabel_boxes, score_boxes
 from ccd_ray.io.storage import MARKER, RunStore, filesystem_for, read_json
+from ccd_ray.method import labels as label_ops
+from ccd_ray.method.scoring import classifier_outputs, initial_scores, relabel_boxes, score_boxes
 from ccd_ray.method.teacher import Teacher
-
-from conftest import attempts, make_classifier, run_to_round, tree
+from ccd_ray.stages import labeling, score_cache
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -51,21 +50,27 @@ def phase0(ray_session, corpus):
     cfg = corpus.cfg
     store = RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
     run_to_round(cfg, store, 0)
-    return SimpleNamespace(cfg=cfg, store=store, raw=store.committed(labeling.raw_stage(0)),
+    return SimpleNamespace(cfg=cfg, store=store, raw=labeling.raw_folder(cfg, store, 0),
                            labels=store.committed(labeling.labels_stage(0)))
 
 
 @pytest.fixture(scope="module")
 def failed_relabel(phase0):
     """Phase 2 with a classifier checkpoint that does not load: the actors cannot start."""
-    store = phase0.store
+    store, cfg = phase0.store, phase0.cfg
     before = tree(store.fs, store.root, "round-0")
+    corrupt = b"\x80\x02 not a checkpoint"
     with pytest.raises(Exception) as failure:
-        run_to_round(phase0.cfg, store, 1, b"\x80\x02 not a checkpoint")
+        run_to_round(cfg, store, 1, corrupt)
+    entry = score_cache.stage_name(score_cache.guided_key(
+        cfg, corrupt, cfg.relabel.selection_threshold, 1))
+    cache = score_cache.cache_store(cfg)
     return SimpleNamespace(error=failure.value, before=before,
                            after=tree(store.fs, store.root, "round-0"),
                            committed=store.committed(labeling.raw_stage(1)),
-                           attempts=attempts(store, labeling.raw_stage(1)))
+                           run_attempts=attempts(store, labeling.raw_stage(1)),
+                           entry_committed=cache.committed(entry),
+                           attempts=attempts(cache, entry))
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +79,7 @@ def phase1(phase0, failed_relabel):
     cfg, store = phase0.cfg, phase0.store
     model, checkpoint = make_classifier(list(cfg.classes.names), CLASSIFIER_SEED)
     run_to_round(cfg, store, 1, checkpoint)
-    return SimpleNamespace(cfg=cfg, store=store, raw=store.committed(labeling.raw_stage(1)),
+    return SimpleNamespace(cfg=cfg, store=store, raw=labeling.raw_folder(cfg, store, 1),
                            labels=store.committed(labeling.labels_stage(1)), classifier=model,
                            checkpoint=checkpoint)
 
@@ -160,12 +165,17 @@ def test_corpus_is_in_s3_with_ground_truth(corpus, s3_server):
 
 def test_phase1_raw_stage_is_committed(phase0):
     store = phase0.store
-    assert phase0.raw == store.committed(labeling.raw_stage(0))
     marker = store.marker(labeling.raw_stage(0))
+    # the run's raw stage names its score-cache entry, which holds every view's scores
+    cache = score_cache.cache_store(phase0.cfg)
+    assert phase0.raw == cache.committed(marker["cache_entry"])
+    assert marker["cache_entry"].startswith("initial-") and marker["teacher_passes_run"] > 0
     assert (marker["images"], marker["errors"], marker["labeled"]) == (N_IMAGES, 0, N_IMAGES)
     raw = pads.dataset(phase0.raw, filesystem=store.fs, format="parquet").to_table()
     assert raw.num_rows == N_IMAGES
-    assert set(raw.column("views").to_pylist()) == {1 + phase0.cfg.initial.random_crops}
+    views = 1 + phase0.cfg.initial.random_crops
+    assert set(raw.column("views").to_pylist()) == {views}
+    assert {len(s) for s in raw.column("view_scores").to_pylist()} == {views * 4}
     assert raw.column("error").null_count == N_IMAGES
 
 
@@ -193,7 +203,7 @@ def test_round0_labels_layout_in_s3(phase0, corpus, s3_server):
 def test_round0_matches_the_single_process_reference(phase0, reference):
     bias = read_json(phase0.store.fs, posixpath.join(phase0.labels, "bias.json"))["bias"]
     np.testing.assert_allclose(bias, reference.bias.numpy(), atol=1e-5)
-    ids, raw, _ = labeling.read_scores(phase0.store.fs, phase0.raw)
+    ids, raw, _ = labeling.read_raw(phase0.cfg, phase0.store, 0)
     expected_raw = _by_id(reference.ids, reference.raw)
     np.testing.assert_allclose(raw, np.stack([expected_raw[i] for i in ids]), atol=1e-5)
     got = dict(zip(*labeling.read_labels(phase0.store, 0)))
@@ -203,24 +213,30 @@ def test_round0_matches_the_single_process_reference(phase0, reference):
 
 
 def test_failed_stage_propagates_and_commits_nothing(failed_relabel, phase0):
-    # the stage had begun (an attempt folder exists) but nothing of it is visible
-    assert failed_relabel.committed is None and len(failed_relabel.attempts) == 1
+    # the stage had begun (an attempt folder of its cache entry exists) but nothing of it is
+    # visible: neither the entry nor the run's raw stage is committed
+    assert failed_relabel.entry_committed is None and len(failed_relabel.attempts) == 1
+    assert failed_relabel.committed is None and failed_relabel.run_attempts == set()
     # the cause (the checkpoint does not load) reaches the caller
     message = str(failed_relabel.error)
     assert "unpickl" in message.lower() or "checkpoint" in message, message[-2000:]
     # the committed stages before it are untouched
     assert failed_relabel.after == failed_relabel.before
-    assert phase0.store.committed(labeling.raw_stage(0)) == phase0.raw
+    assert labeling.raw_folder(phase0.cfg, phase0.store, 0) == phase0.raw
     assert phase0.store.committed(labeling.labels_stage(0)) == phase0.labels
 
 
 def test_rerun_after_failure_commits_one_attempt(phase1, failed_relabel):
-    store = phase1.store
-    assert store.committed(labeling.raw_stage(1)) == phase1.raw
-    # the failed attempt is gone, only the committed one is left
-    assert attempts(store, labeling.raw_stage(1)) == {posixpath.basename(phase1.raw)}
+    store, cfg = phase1.store, phase1.cfg
+    assert labeling.raw_folder(cfg, store, 1) == phase1.raw
+    # the rerun committed one entry (keyed by the good classifier) and one run marker; the
+    # failed attempt stays in its own, never committed entry (keyed by the corrupt one)
+    marker = store.marker(labeling.raw_stage(1))
+    cache = score_cache.cache_store(cfg)
+    assert attempts(cache, marker["cache_entry"]) == {posixpath.basename(phase1.raw)}
     assert not failed_relabel.attempts & {posixpath.basename(phase1.raw)}
-    for stage in (labeling.raw_stage(0), labeling.labels_stage(0), labeling.labels_stage(1)):
+    for stage in (labeling.raw_stage(0), labeling.raw_stage(1), labeling.labels_stage(0),
+                  labeling.labels_stage(1)):
         assert attempts(store, stage) == {posixpath.basename(store.committed(stage))}
     marker = store.marker(labeling.raw_stage(1))
     assert (marker["images"], marker["errors"]) == (N_IMAGES, 0)
@@ -237,7 +253,7 @@ def test_round1_labels_layout_in_s3(phase1, corpus):
 
 
 def test_round1_matches_the_single_process_reference(phase1, reference1):
-    ids, local, _ = labeling.read_scores(phase1.store.fs, phase1.raw)
+    ids, local, _ = labeling.read_raw(phase1.cfg, phase1.store, 1)
     expected_local = _by_id(reference1.ids, reference1.local)
     np.testing.assert_allclose(local, np.stack([expected_local[i] for i in ids]), atol=1e-5)
     got = dict(zip(*labeling.read_labels(phase1.store, 1)))
@@ -258,8 +274,9 @@ def test_rerun_of_committed_stages_does_no_work(phase1, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("a committed stage was recomputed")
 
-    for name in ("corpus_rows", "_write_raw_stage", "write_parquet_rows"):
-        monkeypatch.setattr(labeling, name, no_work)
+    monkeypatch.setattr(labeling, "write_parquet_rows", no_work)
+    for name in ("corpus_rows", "_score_into_cache"):
+        monkeypatch.setattr(score_cache, name, no_work)
     # a fresh handle on the same run, as a restarted job would open it
     store = RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
     run_to_round(cfg, store, 1, b"unused: round 1 is committed")

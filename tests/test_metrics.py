@@ -9,8 +9,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score
 
-from ccd_ray.method.metrics import (average_precision, f1_scores, mean_average_precision,
-                             per_class_ap)
+from ccd_ray.method.metrics import (
+    average_precision,
+    f1_scores,
+    mean_average_precision,
+    per_class_ap,
+)
 
 
 def _sk(targets, scores):

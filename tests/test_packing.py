@@ -12,8 +12,14 @@ from PIL import Image
 
 from ccd_ray.io.corpus import discover, read_ground_truth, read_task_rows
 from ccd_ray.io.decode import decode_image
-from ccd_ray.io.packing import (SHARD_SCHEMA, coco_records, folder_records, synthetic_records,
-                             voc_records, write_shards)
+from ccd_ray.io.packing import (
+    SHARD_SCHEMA,
+    coco_records,
+    folder_records,
+    synthetic_records,
+    voc_records,
+    write_shards,
+)
 
 FS = pafs.LocalFileSystem()
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import TEST_CLASSES
 
 from ccd_ray.method import labels as label_ops
 from ccd_ray.method.local import run_in_process
 from ccd_ray.method.views import crop_views, initial_boxes
-
-from conftest import TEST_CLASSES
 
 # 64 px student input: a 2 x 2 CAM grid, so the CAM boxes are not all the whole image
 SMALL = ["train.image_size=64", "train.epochs=2", "train.warmup_epochs=1", "relabel.rounds=1",

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ccd_ray.config import ConfigError
-from ccd_ray.method.schedule import Segment, schedule
-from ccd_ray.method.schedule import is_holdout
+from ccd_ray.method.schedule import Segment, is_holdout, schedule
 
 
 def test_schedule_relabels_after_warmup_then_once_per_epoch(make_config):

@@ -8,8 +8,17 @@ import pyarrow.fs as pafs
 import pytest
 
 from ccd_ray.config import DataConfig
-from ccd_ray.io.storage import (MARKER, RunStore, exists, filesystem_for, list_files, read_bytes,
-                             read_json, write_bytes, write_json)
+from ccd_ray.io.storage import (
+    MARKER,
+    RunStore,
+    exists,
+    filesystem_for,
+    list_files,
+    read_bytes,
+    read_json,
+    write_bytes,
+    write_json,
+)
 
 
 def test_filesystem_for_local_paths_and_file_uris(tmp_path):

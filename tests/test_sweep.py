@@ -5,19 +5,17 @@ score cache, and a rerun of the same sweep id that redoes nothing."""
 from __future__ import annotations
 
 import posixpath
-import warnings
 from types import SimpleNamespace
 
 import pytest
 import yaml
+from conftest import tree
 
 from ccd_ray.config import load_config
 from ccd_ray.io.packing import synthetic_records, write_shards
-from ccd_ray.stages.score_cache import CACHE_FOLDER
 from ccd_ray.io.storage import RunStore, filesystem_for, read_bytes, read_json
+from ccd_ray.stages.score_cache import CACHE_FOLDER
 from ccd_ray.sweep.spec import parse_sweep_spec
-
-from conftest import tree
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -39,9 +37,13 @@ def sweep_cfg(s3_config):
 
 
 def _cache_entries(cfg) -> dict[str, int]:
+    """The score-cache entries of cfg's corpus (the cache is shared with the runs of the other
+    test modules, on other corpora): entry name -> size of its marker."""
     store = RunStore.open(cfg.data.output_uri, CACHE_FOLDER, cfg.data)
-    return {posixpath.dirname(p): size for p, size in tree(store.fs, store.root).items()
-            if p.endswith("_COMMITTED.json")}
+    markers = {posixpath.dirname(p): size for p, size in tree(store.fs, store.root).items()
+               if p.endswith("_COMMITTED.json")}
+    return {entry: size for entry, size in markers.items()
+            if store.marker(entry)["key"]["corpus"] == cfg.data.corpus_uri}
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +78,8 @@ def test_summary_files_and_best_config(first_run, sweep_cfg):
     cfg = load_config(overrides=[], base=yaml.safe_load(text))
     assert (cfg.labels.alpha, cfg.labels.gamma) == (best["alpha"], best["gamma"])
     assert cfg.run_id == "sweep-test-best"
-    assert cfg.train.beta == sweep_cfg.train.beta and cfg.data.corpus_uri == sweep_cfg.data.corpus_uri
+    assert cfg.train.beta == sweep_cfg.train.beta
+    assert cfg.data.corpus_uri == sweep_cfg.data.corpus_uri
     csv_lines = read_bytes(store.fs, posixpath.join(folder, "trials.csv")).decode().splitlines()
     assert csv_lines[0].startswith("trial,alpha,gamma,objective") and len(csv_lines) == 5
     md = read_bytes(store.fs, posixpath.join(folder, "summary.md")).decode()
@@ -184,3 +187,10 @@ def test_best_config_rerun_as_the_job_reproduces_the_trial(ray_session, sweep_cf
                                                                 cfg.classes.names))
     assert best["status"] == "completed"
     assert job_map == pytest.approx(best["val_mAP"], abs=1e-6)
+    # the job's raw stages are the sweep base's score-cache entries: its warm-up classifier is
+    # the base's to the bit, so its round-1 views are the base's and neither round ran CLIP
+    base_rounds = outcome.summary["base_rounds"]
+    for round_index in (0, 1):
+        marker = store.marker(f"round-{round_index}/raw")
+        assert marker["cache_entry"] == base_rounds[str(round_index)]["cache_entry"]
+        assert marker["teacher_passes_run"] == 0

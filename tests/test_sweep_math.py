@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from ccd_ray.method.metrics import ranks, spearman
-from ccd_ray.sweep.summary_math import DEPENDENCIES, best_trial, dependencies_markdown, markdown_table
+from ccd_ray.sweep.summary_math import (
+    DEPENDENCIES,
+    best_trial,
+    dependencies_markdown,
+    markdown_table,
+)
 
 
 def test_ranks_average_ties():

@@ -7,13 +7,19 @@ import io
 
 import pytest
 import yaml
+from test_jobs_cli import load_job
 
 from ccd_ray.config import load_config
-from ccd_ray.sweep.summary import (PROXY_WARNING, best_config_yaml, plot_objective,
-                                  summarise, summary_markdown, trial_columns, trials_csv)
 from ccd_ray.sweep.spec import parse_sweep_spec
-
-from test_jobs_cli import load_job
+from ccd_ray.sweep.summary import (
+    PROXY_WARNING,
+    best_config_yaml,
+    plot_objective,
+    summarise,
+    summary_markdown,
+    trial_columns,
+    trials_csv,
+)
 
 
 def _rows():

@@ -6,10 +6,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ccd_ray.method.classifier import CAMClassifier
-from ccd_ray.demo.pretrain_backbone import (BackboneSpec, pretrained_backbone, pretraining_batch,
-                                    pretraining_styles)
+from ccd_ray.demo.pretrain_backbone import (
+    BackboneSpec,
+    pretrained_backbone,
+    pretraining_batch,
+    pretraining_styles,
+)
 from ccd_ray.demo.scenes import CLASS_STYLES
+from ccd_ray.method.classifier import CAMClassifier
 
 TINY = BackboneSpec(steps=2, batch_size=4, image_side=32, seed=5)
 

@@ -10,9 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from ccd_ray.demo.pretrain_teacher import (PretrainSpec, caption_class, multi_positive_clip_loss,
-                                    popularity, pretrained_teacher, pretraining_batch)
-from ccd_ray.demo.scenes import CLASS_NAMES, Scene
+from ccd_ray.demo.pretrain_teacher import (
+    PretrainSpec,
+    caption_class,
+    multi_positive_clip_loss,
+    popularity,
+    pretrained_teacher,
+    pretraining_batch,
+)
+from ccd_ray.demo.scenes import CLASS_NAMES
 
 TINY = PretrainSpec(steps=2, batch_size=4, seed=3)
 

@@ -7,11 +7,10 @@ import warnings
 
 import pytest
 import torch
+from conftest import TEST_CLASSES
 
 from ccd_ray.config import ClassesConfig, TeacherConfig
 from ccd_ray.method.teacher import Teacher, load_clip, save_local_dir
-
-from conftest import TEST_CLASSES
 
 CLASSES = ClassesConfig(names=list(TEST_CLASSES))
 

@@ -112,29 +112,35 @@ def _write_inputs(folder, size: int, files: int, rows: int) -> dict[str, np.ndar
     return labels
 
 
-def test_a_segment_trains_the_same_weights_on_every_run(ray_session, tmp_path, make_config):
-    """Two fits of one segment on the same inputs give the same classifier: what makes a
-    resumed run's later rounds equal an uninterrupted run's. The inputs come in many small
-    blocks, whose completion order varies from run to run."""
+def test_a_segment_under_ray_train_equals_the_in_process_loop(ray_session, tmp_path,
+                                                             make_config):
+    """One Ray Train fit of a segment, its inputs in many small blocks (whose completion order
+    varies from run to run), trains the weights the in-process executor trains on the same
+    stage: both stream its rows in order through the one epoch loop. What makes a resumed
+    run equal an uninterrupted one, and a sweep trial equal the job."""
     from ccd_ray.io.storage import RunStore
+    from ccd_ray.method.local import CachedScores, LocalExecutor
     from ccd_ray.method.rounds import Targets
+    from ccd_ray.method.schedule import Segment
     from ccd_ray.stages.train import STATE_FILE, fit_segment, training_dataset
+    from ccd_ray.sweep.prepare import read_inputs
 
     cfg = make_config("classes.names=[a, b, c]", "train.image_size=32", "train.batch_size=4",
-                      "train.epochs=2", "train.warmup_epochs=1", "train.beta=0.5")
+                      "train.epochs=2", "train.warmup_epochs=1", "train.beta=0.5",
+                      "train.shuffle_buffer=5")
     inputs = tmp_path / "inputs"
     inputs.mkdir()
     labels = _write_inputs(inputs, 32, files=8, rows=3)
-    states = []
-    for run in ("first", "second"):
-        store = RunStore.open(str(tmp_path / "runs"), run, cfg.data)
-        ids = np.array(sorted(labels))
-        targets = Targets(ids, np.stack([labels[i] for i in ids]), np.ones(len(ids), np.float32))
-        dataset = training_dataset(cfg, str(inputs), store, targets)
-        result = fit_segment(cfg, store, dataset, 0, (0, 2), None)
-        with result.checkpoint.as_directory() as folder:
-            states.append(torch.load(f"{folder}/{STATE_FILE}", weights_only=True)["model"])
-    first, second = states
-    assert first.keys() == second.keys()
-    for key in first:
-        torch.testing.assert_close(first[key], second[key], rtol=0, atol=0, msg=key)
+    ids = np.array(sorted(labels))
+    targets = Targets(ids, np.stack([labels[i] for i in ids]), np.ones(len(ids), np.float32))
+    store = RunStore.open(str(tmp_path / "runs"), "ray", cfg.data)
+    result = fit_segment(cfg, store, training_dataset(cfg, str(inputs), store, targets), 0,
+                         (0, 2), None)
+    with result.checkpoint.as_directory() as folder:
+        under_ray = torch.load(f"{folder}/{STATE_FILE}", weights_only=True)["model"]
+    local = LocalExecutor(cfg, list(ids), CachedScores([]), read_inputs(store, str(inputs)))
+    in_process = local.train_segment(Segment(0, 0, (0, 2)), targets, None).model.state_dict()
+    assert [h["batches"] for h in local.history] == [6, 6]
+    assert under_ray.keys() == in_process.keys()
+    for key in under_ray:
+        torch.testing.assert_close(under_ray[key], in_process[key], rtol=0, atol=0, msg=key)

@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from ccd_ray.method.views import (box_guided_boxes, clip_boxes, crop_views, global_box, initial_boxes,
-                           letterbox, random_crop_boxes, rng_for)
+from ccd_ray.method.views import (
+    box_guided_boxes,
+    clip_boxes,
+    crop_views,
+    global_box,
+    initial_boxes,
+    letterbox,
+    random_crop_boxes,
+    rng_for,
+)
 
 
 def _assert_inside(boxes: np.ndarray, height: int, width: int) -> None:

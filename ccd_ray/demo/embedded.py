@@ -1,6 +1,6 @@
 """The embedded default: the synthetic world (a corpus of scenes and a teacher pretrained on
-captioned synthetic images) made on first use, so that `python jobs/run_ccd.py` with no
-arguments does the whole job on one machine in minutes."""
+captioned synthetic images), made on first use by `prepare_embedded`, so that
+`python jobs/run_ccd.py` with no arguments does the whole job on one machine in minutes."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from typing import Any
 import pyarrow.fs as pafs
 
 from ccd_ray.demo.pretrain_backbone import BackboneSpec
-from ccd_ray.demo.pretrain_teacher import PretrainSpec, pretrained_teacher
+from ccd_ray.demo.pretrain_teacher import PretrainSpec, pretrained_teacher, teacher_folder
 from ccd_ray.demo.scenes import CLASS_NAMES
 from ccd_ray.io.packing import synthetic_records, write_shards
+from ccd_ray.method.teacher import LOCAL_DIR_PREFIX
 
 DEFAULT_CONFIG = Path(__file__).parents[1] / "configs" / "default.yaml"
 CORPUS_IMAGES, CORPUS_SEED, IMAGE_SIDE, MAX_OBJECTS, SHARD_SIZE = 200, 7, 96, 4, 50
@@ -37,12 +38,23 @@ def make_corpus(folder: Path, images: int = CORPUS_IMAGES, seed: int = CORPUS_SE
     return folder
 
 
+def corpus_folder(workdir: str | Path) -> Path:
+    return Path(workdir).resolve() / f"synth-corpus-v2-{CORPUS_IMAGES}-{CORPUS_SEED}"
+
+
 def embedded_defaults(workdir: str | Path) -> dict[str, Any]:
-    """Config values of the embedded default, creating its corpus and teacher if missing."""
-    workdir = Path(workdir).resolve()
-    corpus = workdir / f"synth-corpus-v2-{CORPUS_IMAGES}-{CORPUS_SEED}"
+    """Config values of the embedded default: where its corpus and teacher are, whether or
+    not they exist yet (prepare_embedded makes them). Building a config does no work."""
+    teacher = teacher_folder(default_cache_dir(), TEACHER_SPEC)
+    return {"classes": {"names": list(CLASS_NAMES)},
+            "teacher": {"model": LOCAL_DIR_PREFIX + str(teacher)},
+            "data": {"corpus_uri": str(corpus_folder(workdir))}}
+
+
+def prepare_embedded(workdir: str | Path) -> None:
+    """Make the embedded default's corpus and pretrain its teacher where they are missing
+    (seconds and a few CPU minutes, once; both cached)."""
+    corpus = corpus_folder(workdir)
     if not corpus.is_dir():
         make_corpus(corpus)
-    return {"classes": {"names": list(CLASS_NAMES)},
-            "teacher": {"model": pretrained_teacher(default_cache_dir(), TEACHER_SPEC)},
-            "data": {"corpus_uri": str(corpus)}}
+    pretrained_teacher(default_cache_dir(), TEACHER_SPEC)

@@ -142,10 +142,15 @@ def pretrain_teacher(spec: PretrainSpec, class_names: list[str] | None = None,
         torch.set_num_threads(threads)
 
 
+def teacher_folder(cache_dir: str | Path, spec: PretrainSpec = PretrainSpec()) -> Path:
+    """Where the pretrained teacher of spec is cached (whether or not it exists yet)."""
+    return Path(cache_dir).resolve() / f"synth-teacher-{spec.key()}"
+
+
 def pretrained_teacher(cache_dir: str | Path, spec: PretrainSpec = PretrainSpec(),
                        class_names: list[str] | None = None, log=print) -> str:
     """The `local-dir:` spec of the pretrained teacher, trained on first use and cached."""
-    folder = Path(cache_dir).resolve() / f"synth-teacher-{spec.key()}"
+    folder = teacher_folder(cache_dir, spec)
     if not (folder / "open_clip_config.json").is_file():
         log(f"[teacher pretraining] no cached teacher at {folder}: training one "
             f"({spec.steps} steps, a few CPU minutes, once)")

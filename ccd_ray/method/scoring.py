@@ -1,9 +1,11 @@
 """Score views of a batch of images with the teacher: phase-1 views and CAM-guided views.
 
-These are the per-batch units of work that both the single-process reference and the Ray
-Data actors run, so the two produce the same numbers for the same images and seeds."""
+These are the per-batch units of work that both the in-process executor and the Ray Data
+actors run, so the two produce the same numbers for the same images and seeds."""
 
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import torch
@@ -22,22 +24,40 @@ from ccd_ray.method.views import (
 )
 
 
-def score_boxes(teacher: Teacher, images: list[torch.Tensor], boxes: list[np.ndarray],
-                 cfg: CCDConfig) -> torch.Tensor:
-    """Crop every image's boxes, score all views in batches, pool per image -> N x C."""
+def score_views(teacher: Teacher, images: list[torch.Tensor], boxes: list[np.ndarray],
+                batch_size: int) -> list[np.ndarray]:
+    """Every image's views cropped and scored in forward passes of at most batch_size,
+    unpooled: a V_i x C array per image."""
     views = [crop_views(img, b, teacher.image_size, teacher.mean, teacher.std)
              for img, b in zip(images, boxes)]
-    scores = teacher.score_batched(torch.cat(views), cfg.teacher.batch_size)
-    return aggregate_by_image(scores, [len(b) for b in boxes], cfg.labels.aggregation)
+    if not views:
+        return []
+    scores = teacher.score_batched(torch.cat(views), batch_size).numpy().astype(np.float32)
+    return list(np.split(scores, np.cumsum([len(b) for b in boxes])[:-1]))
+
+
+def score_boxes(teacher: Teacher, images: list[torch.Tensor], boxes: list[np.ndarray],
+                cfg: CCDConfig) -> torch.Tensor:
+    """score_views pooled per image (labels.aggregation) -> N x C."""
+    per_image = score_views(teacher, images, boxes, cfg.teacher.batch_size)
+    if not per_image:
+        return torch.zeros(0, len(cfg.classes.names))
+    return aggregate_by_image(torch.from_numpy(np.concatenate(per_image)),
+                              [len(v) for v in per_image], cfg.labels.aggregation)
+
+
+def phase1_boxes(images: list[torch.Tensor], image_ids: list[str], cfg: CCDConfig
+                 ) -> list[np.ndarray]:
+    """Phase 1's views of each image: the global view and initial.random_crops crops."""
+    return [initial_boxes(img.shape[1], img.shape[2], cfg.initial.random_crops,
+                          cfg.initial.crop_scale, cfg.seed, image_id)
+            for img, image_id in zip(images, image_ids)]
 
 
 def initial_scores(teacher: Teacher, images: list[torch.Tensor], image_ids: list[str],
                    cfg: CCDConfig) -> torch.Tensor:
     """Phase 1: global view + random crops of each image, pooled -> N x C raw scores."""
-    boxes = [initial_boxes(img.shape[1], img.shape[2], cfg.initial.random_crops,
-                           cfg.initial.crop_scale, cfg.seed, image_id)
-             for img, image_id in zip(images, image_ids)]
-    return score_boxes(teacher, images, boxes, cfg)
+    return score_boxes(teacher, images, phase1_boxes(images, image_ids, cfg), cfg)
 
 
 @torch.no_grad()
@@ -72,3 +92,17 @@ def relabel_boxes(probs: torch.Tensor, cams: torch.Tensor, images: list[torch.Te
     selected = cam_ops.select_classes(probs, threshold)
     return [guided_boxes(c, s, img.shape[1], img.shape[2], image_id, round_index, cfg)
             for img, image_id, c, s in zip(images, image_ids, cams, selected)]
+
+
+def pick_device(cfg: CCDConfig) -> torch.device:
+    """compute.device: 'cpu', 'cuda' (which must be there), or 'auto' (cuda when visible)."""
+    if cfg.compute.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(
+            "compute.device is 'cuda' but this process sees no CUDA device (torch "
+            f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}, "
+            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); run on a GPU "
+            "node with compute.gpus_per_actor > 0, or set compute.device to auto or cpu")
+    if cfg.compute.device == "cuda" or (cfg.compute.device == "auto"
+                                        and torch.cuda.is_available()):
+        return torch.device("cuda")
+    return torch.device("cpu")

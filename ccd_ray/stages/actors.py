@@ -1,57 +1,65 @@
 """Callable classes that Ray Data runs as actor pools: each builds its model once in __init__
 and maps a pyarrow batch to a pyarrow batch. They import no Ray, so tests call them directly.
 
+One family emits the teacher's scores of every view, unpooled (`VIEW_SCHEMA`): a round's raw
+stage is a score-cache entry, and pooling over views is a label step. Phase 2 chains two pools:
+`CamBoxer` decodes each image once and hands its pixels and view boxes to `GuidedViewScorer`.
+
 Rows that arrive with an error pass through untouched; rows whose bytes do not decode leave
 with `error` and `error_stage` set and no scores, so a bad image never fails a batch."""
 
 from __future__ import annotations
 
 import io
-import os
 
 import numpy as np
 import pyarrow as pa
 import torch
 
-from ccd_ray.config import CCDConfig, config_from_dict
+from ccd_ray.config import config_from_dict
 from ccd_ray.io.decode import decode_image
 from ccd_ray.method.classifier import load_classifier, normalise
-from ccd_ray.method.scoring import classifier_outputs, initial_scores, relabel_boxes, score_boxes
+from ccd_ray.method.scoring import (
+    classifier_outputs,
+    phase1_boxes,
+    pick_device,
+    relabel_boxes,
+    score_views,
+)
 from ccd_ray.method.teacher import Teacher
 
-RAW_SCHEMA = pa.schema([("image_id", pa.string()), ("scores", pa.list_(pa.float32())),
-                        ("views", pa.int32()), ("error", pa.string()),
-                        ("error_stage", pa.string())])
-BOXES_SCHEMA = pa.schema([("image_id", pa.string()), ("image", pa.binary()),
+VIEW_SCHEMA = pa.schema([("image_id", pa.string()), ("height", pa.int32()),
+                         ("width", pa.int32()), ("boxes", pa.list_(pa.int32())),
+                         ("view_scores", pa.list_(pa.float32())), ("views", pa.int32()),
+                         ("teacher_passes", pa.int64()), ("error", pa.string()),
+                         ("error_stage", pa.string())])
+BOXES_SCHEMA = pa.schema([("image_id", pa.string()), ("pixels", pa.binary()),
+                          ("height", pa.int32()), ("width", pa.int32()),
                           ("boxes", pa.list_(pa.int32())), ("error", pa.string()),
                           ("error_stage", pa.string())])
 
 
-def pick_device(cfg: CCDConfig) -> torch.device:
-    """compute.device: 'cpu', 'cuda' (which must be there), or 'auto' (cuda when visible)."""
-    if cfg.compute.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(
-            "compute.device is 'cuda' but this process sees no CUDA device (torch "
-            f"{torch.__version__}, built for CUDA {torch.version.cuda or 'none'}, "
-            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES')!r}); run on a GPU "
-            "node with compute.gpus_per_actor > 0, or set compute.device to auto or cpu")
-    if cfg.compute.device == "cuda" or (cfg.compute.device == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 class _DecodingStage:
-    """Shared by the actors: decode the batch's good rows, carry the others' errors."""
+    """Shared by the actors: the batch's good rows as images, the others' errors carried."""
 
     def __init__(self, cfg_dict: dict):
         self.cfg = config_from_dict(cfg_dict)
 
     def decode(self, batch: pa.Table) -> tuple[list[int], list[torch.Tensor], list, list]:
-        """(indices of decoded rows, their images, per-row error, per-row error stage)."""
+        """(indices of good rows, their 3 x H x W uint8 images, per-row error, per-row error
+        stage). Rows of a CamBoxer batch carry decoded pixels, which are taken as they are."""
         errors = batch.column("error").to_pylist()
         stages = batch.column("error_stage").to_pylist() if "error_stage" in batch.column_names \
             else ["read" if e else None for e in errors]
         good, images = [], []
+        if "pixels" in batch.column_names:
+            sizes = zip(batch.column("height").to_pylist(), batch.column("width").to_pylist())
+            for i, (data, (h, w)) in enumerate(zip(batch.column("pixels").to_pylist(), sizes)):
+                if not errors[i]:
+                    good.append(i)
+                    images.append(torch.frombuffer(bytearray(data), dtype=torch.uint8)
+                                  .reshape(3, h, w))
+            return good, images, errors, stages
         for i, data in enumerate(batch.column("image").to_pylist()):
             if errors[i]:
                 continue
@@ -65,40 +73,50 @@ class _DecodingStage:
         return good, images, errors, stages
 
 
-def _scores_table(batch: pa.Table, good: list[int], scores: torch.Tensor, views: list[int],
-                  errors: list, stages: list) -> pa.Table:
-    rows: list = [None] * batch.num_rows
-    counts: list = [0] * batch.num_rows
-    for slot, i in enumerate(good):
-        rows[i] = scores[slot].numpy().astype(np.float32).tolist()
-        counts[i] = views[slot]
-    return pa.Table.from_pydict({"image_id": batch.column("image_id"), "scores": rows,
-                                 "views": counts, "error": errors, "error_stage": stages},
-                                schema=RAW_SCHEMA)
-
-
 class _TeacherStage(_DecodingStage):
-    """A decoding stage that holds the teacher, built once per actor."""
+    """A decoding stage that holds the teacher, built once per actor, and writes every view's
+    scores with the boxes that made them and the forward passes the batch cost (on its first
+    row), so a stage can say how much CLIP work it did."""
 
     def __init__(self, cfg_dict: dict):
         super().__init__(cfg_dict)
         self.teacher = Teacher.from_config(self.cfg.teacher, self.cfg.classes,
                                            pick_device(self.cfg))
 
+    def view_table(self, batch: pa.Table, good: list[int], images: list[torch.Tensor],
+                   boxes: list[np.ndarray], errors: list, stages: list) -> pa.Table:
+        before = self.teacher.forward_passes
+        scores = score_views(self.teacher, images, boxes, self.cfg.teacher.batch_size)
+        n = batch.num_rows
+        heights, widths, box_cols, score_cols = [None] * n, [None] * n, [None] * n, [None] * n
+        counts, passes = [0] * n, [0] * n
+        for slot, i in enumerate(good):
+            heights[i], widths[i] = int(images[slot].shape[1]), int(images[slot].shape[2])
+            box_cols[i] = boxes[slot].astype(np.int32).ravel().tolist()
+            score_cols[i] = scores[slot].ravel().tolist()
+            counts[i] = len(boxes[slot])
+        if n:
+            passes[0] = self.teacher.forward_passes - before
+        return pa.Table.from_pydict({"image_id": batch.column("image_id"), "height": heights,
+                                     "width": widths, "boxes": box_cols,
+                                     "view_scores": score_cols, "views": counts,
+                                     "teacher_passes": passes, "error": errors,
+                                     "error_stage": stages}, schema=VIEW_SCHEMA)
 
-class InitialScorer(_TeacherStage):
-    """Phase 1: global view + random crops per image -> pooled raw teacher scores."""
+
+class InitialViewScorer(_TeacherStage):
+    """Phase 1: the global view and random crops of each image."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         good, images, errors, stages = self.decode(batch)
         ids = [batch.column("image_id")[i].as_py() for i in good]
-        scores = initial_scores(self.teacher, images, ids, self.cfg) if good else torch.zeros(0)
-        views = [1 + self.cfg.initial.random_crops] * len(good)
-        return _scores_table(batch, good, scores, views, errors, stages)
+        return self.view_table(batch, good, images, phase1_boxes(images, ids, self.cfg),
+                               errors, stages)
 
 
 class CamBoxer(_DecodingStage):
-    """Phase 2, classifier half: CAM boxes of the selected classes -> the views to score."""
+    """Phase 2, classifier half: the views around the CAM boxes of the selected classes, with
+    the decoded pixels, so the teacher's pool does not decode the image again."""
 
     def __init__(self, cfg_dict: dict, classifier_bytes: bytes, threshold: float,
                  round_index: int):
@@ -110,29 +128,31 @@ class CamBoxer(_DecodingStage):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         good, images, errors, stages = self.decode(batch)
-        boxes: list = [None] * batch.num_rows
+        n = batch.num_rows
+        pixels, heights, widths, boxes = [None] * n, [None] * n, [None] * n, [None] * n
         if good:
             ids = [batch.column("image_id")[i].as_py() for i in good]
             probs, cams = classifier_outputs(self.model, images, self.cfg.train.image_size)
             per_image = relabel_boxes(probs, cams, images, ids, self.threshold, self.round_index,
                                       self.cfg)
-            for i, b in zip(good, per_image):
+            for i, image, b in zip(good, images, per_image):
+                pixels[i] = image.numpy().tobytes()
+                heights[i], widths[i] = int(image.shape[1]), int(image.shape[2])
                 boxes[i] = b.astype(np.int32).ravel().tolist()
-        return pa.Table.from_pydict({"image_id": batch.column("image_id"),
-                                     "image": batch.column("image"), "boxes": boxes,
+        return pa.Table.from_pydict({"image_id": batch.column("image_id"), "pixels": pixels,
+                                     "height": heights, "width": widths, "boxes": boxes,
                                      "error": errors, "error_stage": stages},
                                     schema=BOXES_SCHEMA)
 
 
-class GuidedScorer(_TeacherStage):
-    """Phase 2, teacher half: score the views chosen by CamBoxer -> pooled raw local scores."""
+class GuidedViewScorer(_TeacherStage):
+    """Phase 2, teacher half: the views CamBoxer chose, on the pixels it decoded."""
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         good, images, errors, stages = self.decode(batch)
         box_lists = batch.column("boxes").to_pylist()
         boxes = [np.asarray(box_lists[i], dtype=np.int64).reshape(-1, 4) for i in good]
-        scores = score_boxes(self.teacher, images, boxes, self.cfg) if good else torch.zeros(0)
-        return _scores_table(batch, good, scores, [len(b) for b in boxes], errors, stages)
+        return self.view_table(batch, good, images, boxes, errors, stages)
 
 
 class InputsPredictor:

@@ -43,7 +43,7 @@ def evaluate_run(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes) -> di
     held_out = {i for i in truth if is_holdout(i, cfg.train.holdout_fraction, cfg.seed)}
     train_truth = {i: v for i, v in truth.items() if i not in held_out}
     holdout_truth = {i: v for i, v in truth.items() if i in held_out}
-    initial = dict(zip(*labeling.read_scores(store.fs, store.committed(labeling.raw_stage(0)))[:2]))
+    initial = dict(zip(*labeling.read_raw(cfg, store, 0)[:2]))
     metrics["teacher_before_debias"] = score_predictions(initial, train_truth, names, threshold)
     metrics["teacher_holdout"] = score_predictions(initial, holdout_truth, names, threshold)
     for round_index in range(cfg.relabel.rounds + 1):

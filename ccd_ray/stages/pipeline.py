@@ -94,15 +94,13 @@ class RayExecutor:
         name = labeling.raw_stage(round_index)
         with stage_log(store, name):
             if round_index == 0:
-                folder = labeling.score_initial(cfg, store)
-            elif store.committed(name) is not None:
-                folder = store.committed(name)
-            else:
+                labeling.score_initial(cfg, store)
+            elif store.committed(name) is None:
                 classifier = self.classifier(trained)
                 threshold = selection_threshold(cfg, lambda: torch.from_numpy(np.stack(list(
                     predict_inputs(cfg, store, classifier, holdout=False).values()))))
-                folder = labeling.score_relabel(cfg, store, round_index, classifier, threshold)
-        ids, raw, _ = labeling.read_scores(store.fs, folder)
+                labeling.score_relabel(cfg, store, round_index, classifier, threshold)
+        ids, raw, _ = labeling.read_raw(cfg, store, round_index)
         return RoundScores(ids, raw)
 
     def publish_labels(self, round_index, ids, labels, bias, partials) -> None:

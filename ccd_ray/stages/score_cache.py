@@ -12,7 +12,9 @@ hash of everything that decides those numbers:
     selection threshold, the round and every box/jitter setting.
 None of alpha, gamma or beta is part of any key: they only act on scores after the teacher.
 Lookups are per stage (a whole entry is found or computed); a view whose geometry matches
-a view of a different entry is scored again."""
+a view of a different entry is scored again. A run's raw stage of each round is an entry (its
+round-R/raw marker names it), so a sweep whose base config is a finished run's reads the run's
+scores, and a rerun under another run id with the same views scores nothing again."""
 
 from __future__ import annotations
 
@@ -24,20 +26,19 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import torch
 
 from ccd_ray.config import CCDConfig
 from ccd_ray.io.storage import RunStore, write_json
-from ccd_ray.method.labels import aggregate_views
 from ccd_ray.method.teacher import LOCAL_DIR_PREFIX
-from ccd_ray.stages.actors import CamBoxer
+from ccd_ray.stages.actors import CamBoxer, GuidedViewScorer, InitialViewScorer
 from ccd_ray.stages.datasets import actor_pool_args, corpus_rows
-from ccd_ray.stages.labeling import TooManyErrors
-from ccd_ray.stages.view_actors import GuidedViewScorer, InitialViewScorer
 
 CACHE_FOLDER = "score-cache"
+ERRORS_SCHEMA = pa.schema([("image_id", pa.string()), ("stage", pa.string()),
+                           ("reason", pa.string())])
 KEY_FILE = "_key.json"  # "_": skipped by Parquet dataset discovery
 
 
@@ -87,9 +88,10 @@ def guided_key(cfg: CCDConfig, classifier_bytes: bytes, threshold: float, round_
     return {"kind": "guided", **_common(cfg), "round": round_index,
             "classifier_sha256": hashlib.sha256(classifier_bytes).hexdigest(),
             "classifier_input": cfg.train.image_size, "selection_threshold": float(threshold),
-            "views": {"cam_threshold": rc.cam_threshold, "box_mode": rc.box_mode,
-                      "box_offset": rc.box_offset, "views_per_box": rc.views_per_box,
-                      "box_jitter": rc.box_jitter, "cam_resolution": rc.cam_resolution}}
+            "views": {"view_source": rc.view_source, "cam_threshold": rc.cam_threshold,
+                      "box_mode": rc.box_mode, "box_offset": rc.box_offset,
+                      "views_per_box": rc.views_per_box, "box_jitter": rc.box_jitter,
+                      "cam_resolution": rc.cam_resolution}}
 
 
 def key_hash(key: dict[str, Any]) -> str:
@@ -105,8 +107,12 @@ def stage_name(key: dict[str, Any]) -> str:
     return f"{key['kind']}-{key_hash(key)}"
 
 
-def _counts(table) -> dict[str, Any]:
-    errors = [e for e in table.column("error").to_pylist() if e]
+class TooManyErrors(RuntimeError):
+    """More images failed than data.max_error_fraction allows; nothing of the stage is committed."""
+
+
+def _counts(table: pa.Table) -> dict[str, Any]:
+    errors = pc.drop_null(table.column("error")).to_pylist()
     reasons: dict[str, int] = {}
     for e in errors:
         reasons[e.split(":")[0]] = reasons.get(e.split(":")[0], 0) + 1
@@ -115,11 +121,25 @@ def _counts(table) -> dict[str, Any]:
             "teacher_passes": int(pc.sum(table.column("teacher_passes")).as_py() or 0)}
 
 
+def check_errors(cfg: CCDConfig, stage: str, counts: dict[str, Any]) -> None:
+    """The error-fraction rule of every scoring stage: raise TooManyErrors (nothing of the
+    stage is committed) when no image could be scored, or too many failed."""
+    if counts["labeled"] == 0:
+        raise TooManyErrors(f"{stage}: no image of the corpus {cfg.data.corpus_uri} could be "
+                            f"labeled ({counts['images']} rows, reasons: "
+                            f"{counts['errors_by_reason']}); nothing was committed.")
+    fraction = counts["errors"] / counts["images"]
+    if fraction > cfg.data.max_error_fraction:
+        raise TooManyErrors(
+            f"{stage}: {counts['errors']} of {counts['images']} images failed "
+            f"({fraction:.1%} > data.max_error_fraction={cfg.data.max_error_fraction}); "
+            f"reasons: {counts['errors_by_reason']}. Nothing of this stage was committed.")
+
+
 def _score_into_cache(cfg: CCDConfig, store: RunStore, key: dict[str, Any], rows_fn
                       ) -> tuple[str, int]:
-    """(committed entry folder, teacher forward passes run now: 0 on a hit). The counts are
-    read back from two small columns on the driver; the error-fraction rule is the labeling
-    stages' (nothing is committed when too many images fail)."""
+    """(committed entry folder, teacher forward passes run now: 0 on a hit). The counts come
+    from two small columns of what was written, read on the driver (no Ray Data pass)."""
     stage = stage_name(key)
     if store.committed(stage) is not None:
         return store.committed(stage), 0
@@ -128,12 +148,7 @@ def _score_into_cache(cfg: CCDConfig, store: RunStore, key: dict[str, Any], rows
     rows_fn().write_parquet(attempt, filesystem=store.fs)
     counts = _counts(pads.dataset(attempt, filesystem=store.fs, format="parquet")
                      .to_table(columns=["error", "teacher_passes"]))
-    fraction = counts["errors"] / max(counts["images"], 1)
-    if counts["labeled"] == 0 or fraction > cfg.data.max_error_fraction:
-        raise TooManyErrors(
-            f"score cache {stage}: {counts['errors']} of {counts['images']} images failed "
-            f"(data.max_error_fraction={cfg.data.max_error_fraction}); reasons: "
-            f"{counts['errors_by_reason']}. Nothing was committed.")
+    check_errors(cfg, f"score cache {stage}", counts)
     write_json(store.fs, posixpath.join(attempt, KEY_FILE), key)
     store.commit(stage, attempt, {**counts, "seconds": round(time.time() - started, 2),
                                   "key": key})
@@ -166,16 +181,29 @@ def guided_view_scores(cfg: CCDConfig, classifier_bytes: bytes, threshold: float
                                                     round_index), rows)
 
 
-def read_pooled(fs, folder: str, num_classes: int, how: str) -> tuple[list[str], np.ndarray]:
-    """(ids, N x C pooled scores) of an entry's good rows, pooled as labels.aggregation says:
-    the pooling runs after the cache, so max and mean share an entry."""
+def read_pooled(fs, folder: str, num_classes: int, how: str
+                ) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+    """(ids sorted, N x C pooled scores, error rows image_id/stage/reason) of an entry, pooled
+    over each image's views as labels.aggregation says: the pooling runs after the cache, so
+    max and mean share an entry. Vectorised over Arrow buffers: no per-row Python objects."""
     table = pads.dataset(folder, filesystem=fs, format="parquet").to_table(
-        columns=["image_id", "view_scores", "views", "error"])
-    table = table.filter(pc.is_null(table.column("error")))
-    ids = table.column("image_id").to_pylist()
-    pooled = [aggregate_views(torch.from_numpy(np.asarray(s, dtype=np.float32)
-                                               .reshape(v, num_classes)), how).numpy()
-              for s, v in zip(table.column("view_scores").to_pylist(),
-                              table.column("views").to_pylist())]
-    matrix = np.stack(pooled) if pooled else np.zeros((0, num_classes), np.float32)
-    return ids, matrix
+        columns=["image_id", "view_scores", "views", "error", "error_stage"])
+    bad = pc.is_valid(table.column("error"))
+    errors = table.filter(bad)
+    errors = pa.table({"image_id": errors.column("image_id"), "stage": errors.column("error_stage"),
+                       "reason": errors.column("error")}, schema=ERRORS_SCHEMA)
+    table = table.filter(pc.invert(bad)).sort_by("image_id")
+    ids = np.asarray(table.column("image_id").to_numpy(zero_copy_only=False), dtype=str)
+    views = table.column("views").to_numpy().astype(np.int64)
+    flat = table.column("view_scores").combine_chunks().values.to_numpy(zero_copy_only=False)
+    scores = flat.astype(np.float32).reshape(-1, num_classes)
+    if not len(ids):
+        return ids, np.zeros((0, num_classes), np.float32), errors
+    starts = np.r_[0, np.cumsum(views)[:-1]]
+    if how == "max":
+        pooled = np.maximum.reduceat(scores, starts, axis=0)
+    elif how == "mean":
+        pooled = np.add.reduceat(scores, starts, axis=0) / views[:, None]
+    else:
+        raise ValueError(f"aggregation {how!r}: expected 'max' or 'mean'")
+    return ids, pooled.astype(np.float32), errors

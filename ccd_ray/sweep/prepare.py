@@ -105,11 +105,8 @@ class BaseScores:
             threshold=lambda: 0.0) -> np.ndarray:
         if round_index not in self.memo:
             folder = self._entry(cfg, round_index, model, threshold)
-            ids, matrix = score_cache.read_pooled(self.cache.fs, folder, len(cfg.classes.names),
-                                                  cfg.labels.aggregation)
-            ids = np.asarray(ids, dtype=str)
-            order = np.argsort(ids, kind="mergesort")
-            ids, matrix = ids[order], matrix[order]
+            ids, matrix, _ = score_cache.read_pooled(self.cache.fs, folder,
+                                                     len(cfg.classes.names), cfg.labels.aggregation)
             if self.ids is None:
                 self.ids = ids
             else:

@@ -1,5 +1,5 @@
-"""The ablation probes' readers of a finished run (no Ray): a round's stored raw scores and
-labels come back in the order of the ids asked for, whatever order the stage holds them in."""
+"""The ablation probes' readers of a finished run (no Ray): a round's stored labels come back
+in the order of the ids asked for, whatever order the stage holds them in."""
 
 from __future__ import annotations
 
@@ -10,14 +10,13 @@ import pytest
 
 from ccd_ray.config import DataConfig
 from ccd_ray.io.storage import RunStore
-from ccd_ray.stages.labeling import labels_stage, labels_table, raw_stage, write_parquet_rows
+from ccd_ray.stages.labeling import labels_stage, labels_table, write_parquet_rows
 from research import ablation_diagnostics
 
 
-def _commit(store: RunStore, stage: str, ids: list[str], scores: np.ndarray,
-            subfolder: str = "") -> None:
+def _commit(store: RunStore, stage: str, ids: list[str], scores: np.ndarray) -> None:
     attempt = store.begin(stage)
-    write_parquet_rows(store.fs, posixpath.join(attempt, subfolder) if subfolder else attempt,
+    write_parquet_rows(store.fs, posixpath.join(attempt, "labels"),
                        labels_table(np.array(ids), scores, ["a", "b"], 0.5))
     store.commit(stage, attempt)
 
@@ -26,11 +25,8 @@ def test_stored_rounds_are_read_in_the_order_of_the_ids(tmp_path):
     store = RunStore.open(str(tmp_path), "run", DataConfig())
     stored = ["i2", "i0", "i1"]  # the stage's own order, not sorted
     raw = np.array([[0.2, 0.8], [0.0, 1.0], [0.1, 0.9]], np.float32)
-    _commit(store, raw_stage(0), stored, raw)
-    _commit(store, labels_stage(1), stored, 1 - raw, subfolder="labels")
+    _commit(store, labels_stage(1), stored, 1 - raw)
     asked = ["i1", "i2", "i0"]
-    np.testing.assert_array_equal(ablation_diagnostics.raw_scores(store, 0, asked).numpy(),
-                                  raw[[2, 0, 1]])
     np.testing.assert_array_equal(ablation_diagnostics.committed_labels(store, 1, asked),
                                   1 - raw[[2, 0, 1]])
     with pytest.raises(KeyError, match="lack a previous label"):
