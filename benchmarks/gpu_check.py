@@ -34,7 +34,6 @@ import time
 import warnings
 from pathlib import Path
 
-
 import torch
 
 # The 20 PASCAL VOC classes: a realistic C for the teacher's text side and the classifier head.

@@ -44,7 +44,6 @@ import time
 import warnings
 from pathlib import Path
 
-
 ALPHAS, GAMMAS = [0.2, 0.4, 0.6], [0.5, 1.0, 2.0]
 PRETRAINED = "synth-pretrained"
 
@@ -73,8 +72,8 @@ def prepare(workdir: Path, args) -> dict:
     import torch
 
     from ccd_ray.config import TeacherConfig
-    from ccd_ray.io.packing import synthetic_records, write_shards
     from ccd_ray.demo.scenes import CLASS_NAMES
+    from ccd_ray.io.packing import synthetic_records, write_shards
     from ccd_ray.method.teacher import load_clip, save_local_dir
 
     open_clip.add_model_config(Path(__file__).resolve().parent / "model_configs")
@@ -98,8 +97,8 @@ def prepare(workdir: Path, args) -> dict:
 
 def run_arm(base: dict, args, workdir: Path, cache: bool) -> dict:
     from ccd_ray.config import load_config
-    from ccd_ray.sweep.tune import run_sweep
     from ccd_ray.sweep.spec import parse_sweep_spec
+    from ccd_ray.sweep.tune import run_sweep
 
     name = "cache-on" if cache else "cache-off"
     cfg = load_config(overrides=[

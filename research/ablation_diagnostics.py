@@ -54,8 +54,14 @@ import numpy as np
 import pyarrow.dataset as pads
 import torch
 
-from ccd_ray.demo.embedded import (IMAGE_SIDE, MAX_OBJECTS, SCENE_SCALE,
-                                   STUDENT_BACKBONE_SPEC, TEACHER_SPEC, default_cache_dir)
+from ccd_ray.demo.embedded import (
+    IMAGE_SIDE,
+    MAX_OBJECTS,
+    SCENE_SCALE,
+    STUDENT_BACKBONE_SPEC,
+    TEACHER_SPEC,
+    default_cache_dir,
+)
 from ccd_ray.demo.pretrain_backbone import pretrained_backbone
 from ccd_ray.demo.pretrain_teacher import pretrained_teacher
 from ccd_ray.demo.scenes import CLASS_NAMES, make_scenes
@@ -138,8 +144,8 @@ def label_set(args, out: Path, key: str, ids: list[str]) -> np.ndarray:
 
 def export(args, out: Path, bundle: Path) -> None:
     """Write the label sets of args.seed's world into a label bundle for
-    research/label_transfer.py: the world's 96-px scenes, split and truth once (checked equal if already there), and each
-    set's labels at the variant's train.image_size."""
+    research/label_transfer.py: the world's 96-px scenes, split and truth once (checked equal
+    if already there), and each set's labels at the variant's train.image_size."""
     cfg, donor = run_store(args, out, "global_only")
     side = cfg.train.image_size
     rows = pads.dataset(donor.committed("train-inputs"), filesystem=donor.fs).to_table().to_pylist()
@@ -281,7 +287,8 @@ def views(args, out: Path) -> None:
           + (f"a warm-up of {warm_up_epochs} epochs on {args.warm_up_on} (in this process)"
              if in_process else f"train/segment-{args.after_round}") + ".\n")
     print("| relabel views | classes selected per image | view area / image | whole objects "
-          "per view | views with exactly one | pseudo mAP | CF1 | OF1 |\n|---|---|---|---|---|---|---|---|")
+          "per view | views with exactly one | pseudo mAP | CF1 | OF1 |\n"
+          "|---|---|---|---|---|---|---|---|")
     print(f"| none (round {args.after_round}) | - | - | - | - | {quality(previous)} |")
     for name, overrides in VIEW_VARIANTS.items():
         variant, _ = run_store(args, out, "full_ccd", [*side, *overrides])

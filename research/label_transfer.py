@@ -223,12 +223,12 @@ def label_counts(bundle: Bundle, threshold: float) -> None:
         ref = first.setdefault((entry["world_seed"], entry["side"]), on)
         gained, lost = on & ~ref, ref & ~on
 
-        def share_true(moved: np.ndarray) -> str:
+        def share_true(moved: np.ndarray, truth: np.ndarray = truth) -> str:
             return f"{int(moved.sum())} ({truth[moved].mean():.2f})" if moved.any() else "0"
 
         print(f"| {entry['world_seed']} | {entry['side']} | {entry['name']} | {int(on.sum())} "
               f"({truth[on].mean():.2f}, {on[truth].mean():.2f}) | "
-              + (f"- | - |" if on is ref else f"{share_true(gained)} | {share_true(lost)} |"))
+              + ("- | - |" if on is ref else f"{share_true(gained)} | {share_true(lost)} |"))
     print()
 
 

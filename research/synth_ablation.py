@@ -43,15 +43,20 @@ from pathlib import Path
 import numpy as np
 
 from ccd_ray.config import load_config
-from ccd_ray.demo.embedded import (DEFAULT_CONFIG, STUDENT_BACKBONE_SPEC, TEACHER_SPEC,
-                                   default_cache_dir, make_corpus)
-from ccd_ray.stages.evaluate import FINAL_STAGE
-from ccd_ray.stages.pipeline import check_run_config, run_ccd
-from ccd_ray.stages.runtime import init_ray
-from ccd_ray.io.storage import RunStore, read_json
+from ccd_ray.demo.embedded import (
+    DEFAULT_CONFIG,
+    STUDENT_BACKBONE_SPEC,
+    TEACHER_SPEC,
+    default_cache_dir,
+    make_corpus,
+)
 from ccd_ray.demo.pretrain_backbone import pretrained_backbone
 from ccd_ray.demo.pretrain_teacher import pretrained_teacher
 from ccd_ray.demo.scenes import CLASS_NAMES
+from ccd_ray.io.storage import RunStore, read_json
+from ccd_ray.stages.evaluate import FINAL_STAGE
+from ccd_ray.stages.pipeline import check_run_config, run_ccd
+from ccd_ray.stages.runtime import init_ray
 
 # The world and schedule of every setting: global-view initial labels (no random crops, as
 # the paper's baseline and the authors' code), one relabel round after a 2-epoch warm-up.
@@ -163,11 +168,11 @@ def rows_of(results: dict[str, dict[int, dict]], baseline: dict[int, dict] | Non
         if name == "global_only" and initial != "global view":
             label = f"initial labels ({initial}) -> classifier"
         rows.append((label, {
-            "pseudo mAP": column(runs, lambda r: r["metrics"]["rounds"][-1]["mAP"]
+            "pseudo mAP": column(runs, lambda r, pseudo=pseudo: r["metrics"]["rounds"][-1]["mAP"]
                                  if pseudo else None),
-            "pseudo CF1": column(runs, lambda r: r["metrics"]["rounds"][-1]["CF1"]
+            "pseudo CF1": column(runs, lambda r, pseudo=pseudo: r["metrics"]["rounds"][-1]["CF1"]
                                  if pseudo else None),
-            "pseudo OF1": column(runs, lambda r: r["metrics"]["rounds"][-1]["OF1"]
+            "pseudo OF1": column(runs, lambda r, pseudo=pseudo: r["metrics"]["rounds"][-1]["OF1"]
                                  if pseudo else None),
             "classifier mAP": column(runs, lambda r: r["metrics"]["classifier_holdout"]["mAP"]),
             # Seeds differ in their whole world (corpus, held-out split), which moves every

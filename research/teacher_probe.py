@@ -16,8 +16,8 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from ccd_ray.method.metrics import mean_average_precision, spearman
 from ccd_ray.demo.scenes import Scene
+from ccd_ray.method.metrics import mean_average_precision, spearman
 from ccd_ray.method.teacher import Teacher
 from ccd_ray.method.views import box_guided_boxes, crop_views, global_box
 

@@ -70,7 +70,7 @@ def ddp_loop(config):
                          checkpoint=checkpoint)
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [2])  # one worker: test_a_segment_under_ray_train_...
 def test_ddp_step_matches_single_process(ray_session, tmp_path, workers):
     import sys
 

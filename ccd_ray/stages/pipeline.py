@@ -131,6 +131,8 @@ class RayExecutor:
                     f"{segment.labels_round} labels, last loss "
                     f"{marker['metrics'].get('loss', float('nan')):.4f}")
 
+        if store.committed(name) is None:
+            self.training_inputs()  # its own stage line, before the segment's
         with stage_log(store, name, detail):
             if store.committed(name) is None:
                 start_from = None

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The GPU Ray check (issue 19) as one command on the GPU machine, its output kept:
+#   bash benchmarks/gpu_ray_check.sh [options of benchmarks/gpu_ray_check.py]
+# Carry .whl (made here by `bash ../shared/tools/gpu-bundle.sh`): without Ray the Python script
+# installs it offline into /tmp/site. Writes into $OUT (else outputs/gpu-ray-check/):
+# gpu_ray_check.json (the numbers), gpu_ray_check.log (all output) and, when it fails,
+# ray_logs_tail.txt (the ends of Ray's error logs).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-outputs/gpu-ray-check}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+log="$out/gpu_ray_check.log"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$log" 2>&1
+cat "$log"
+"${PYTHON:-python3}" benchmarks/gpu_ray_check.py --out "$out/gpu_ray_check.json" "$@" 2>&1 \
+  | tee -a "$log"
+rc=${PIPESTATUS[0]}
+if [ "$rc" -ne 0 ]; then
+  logs=/tmp/ray/session_latest/logs
+  for f in "$logs"/raylet.err "$logs"/gcs_server.err "$logs"/worker-*.err; do
+    [ -s "$f" ] && { echo "=== $f"; tail -n 40 "$f"; }
+  done 2>/dev/null | head -c 4000000 >"$out/ray_logs_tail.txt"
+fi
+exit "$rc"

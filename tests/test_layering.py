@@ -1,0 +1,38 @@
+"""The layering: the method, the storage/corpus layer, the config, the synthetic world and a
+sweep's trial math import no Ray; Ray lives in ccd_ray/stages and the Tune layer."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+
+import ccd_ray
+
+RAY_FREE = ["ccd_ray.config", "ccd_ray.cli", "ccd_ray.io", "ccd_ray.method", "ccd_ray.demo",
+            "ccd_ray.stages.actors", "ccd_ray.sweep.spec", "ccd_ray.sweep.summary",
+            "ccd_ray.sweep.summary_math", "ccd_ray.sweep.trial"]
+
+
+def _modules(prefixes: list[str]) -> list[str]:
+    every = [m.name for m in pkgutil.walk_packages(ccd_ray.__path__, "ccd_ray.")]
+    return [m for m in every if any(m == p or m.startswith(p + ".") for p in prefixes)]
+
+
+def test_ray_free_modules_import_with_ray_blocked():
+    """In a fresh process where `import ray` fails, every Ray-free module imports."""
+    modules = _modules(RAY_FREE)
+    assert "ccd_ray.method.rounds" in modules and "ccd_ray.io.corpus" in modules
+    code = ("import sys\nsys.modules['ray'] = None  # any import of ray now raises\n"
+            + "".join(f"import {m}\n" for m in modules) + "print('ok')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
+
+
+def test_the_check_fails_for_a_module_that_imports_ray():
+    """The blocking works: a Ray module does not import under it (the test above can fail)."""
+    code = "import sys\nsys.modules['ray'] = None\nimport ccd_ray.stages.labeling\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode != 0 and "ray" in result.stderr
