@@ -198,7 +198,7 @@ def test_cpu_smoke_run(tmp_path):
         assert d["views_per_s"] == pytest.approx(d["images_per_s"] * views_per_image)
         assert d["pct_of_peak"] > 0
     full = th["pipeline_full"]
-    assert full["stage_seconds"] <= full["wall_s"]
+    assert full["stage_seconds"] <= full["wall_s"] + 0.01  # the marker rounds to 0.01 s
     assert th["ratio_full_over_plain"] > 0
     assert r["settings"]["gpus"] == 0 and r["settings"]["ray_init"]["num_gpus"] == 0
 

@@ -112,6 +112,9 @@ def job_corpus(s3_server):
 def job_overrides(s3_server, local_teacher, corpus_uri: str) -> list[str]:
     """The embedded default's config, with the corpus and the run in S3."""
     sets = [f"classes.names=[{', '.join(CLASS_NAMES)}]", f"teacher.model={local_teacher}",
+            # one warm-up epoch, the relabel round, two epochs after it: every stage, fewer
+            # epochs than the default's 2 + 2
+            "train.epochs=3", "train.warmup_epochs=1",
             f"data.corpus_uri={corpus_uri}", f"data.output_uri=s3://{s3_server['bucket']}/runs",
             f"data.s3_endpoint={s3_server['endpoint']}"]
     return [arg for item in sets for arg in ("--set", item)]
@@ -191,7 +194,8 @@ def test_job_submit_writes_every_documented_output(submitted_run, s3_server):
 
 
 # A driver like jobs/run_ccd.py whose Train workers lose rank 0 once: it exits abruptly at the
-# start of epoch 3 (the last segment), leaving a marker file that says it happened. The hook is
+# start of epoch 2 (the last segment's second epoch, so it resumes from that segment's own
+# checkpoint), leaving a marker file that says it happened. The hook is
 # defined in __main__, so Ray ships it to the workers by value.
 FAIL_ONCE_DRIVER = """
 import os, sys
@@ -205,7 +209,7 @@ marker = Path(sys.argv[1])
 
 
 def fail_once(epoch, rank):
-    if epoch == 3 and rank == 0 and not marker.exists():
+    if epoch == 2 and rank == 0 and not marker.exists():
         marker.write_text("failed once")
         os._exit(1)
 
