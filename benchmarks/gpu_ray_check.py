@@ -47,9 +47,9 @@ failed; the exit status is 1 if any failed.
 Ray missing (the GPU machine has Python 3.12 and torch but no Ray): the script installs the
 wheels of `.whl/` (built here by `bash ../shared/tools/gpu-bundle.sh`, carried along) with
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target /tmp/site .whl/*.whl
-and puts /tmp/site, the repository and benchmarks/ on sys.path and PYTHONPATH (the Ray
-workers need them).
+      --target .whl/site .whl/*.whl
+(inside the carried, git-ignored .whl/) and puts .whl/site, the repository and benchmarks/ on
+sys.path and PYTHONPATH (the Ray workers need them).
 
 --device cpu is a smoke test of all of the above for a CPU-only machine (CI): the tiny
 teacher (ccd-tiny-vit) everywhere, a 16-image embedded corpus with a random-weight teacher
@@ -94,7 +94,7 @@ for _path in (str(REPO), str(BENCH)):  # ccd_ray (not installed on the GPU machi
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-SITE = "/tmp/site"  # where .whl/ is installed when Ray is missing
+SITE = str(REPO / ".whl" / "site")  # where .whl/ is installed when Ray is missing (ignored)
 FINAL_STAGE = "final"
 MARKER = "_COMMITTED.json"
 PEAK_TFLOPS = 790.0  # dense bf16 matrix product, as measured on an H200
@@ -886,8 +886,11 @@ def main(argv: list[str] | None = None) -> int:
             init["object_store_memory"] = int(args.object_store_gib * 2**30)
         ray.init(**init)
         _quiet_ray_data()
-        check.result["settings"]["ray_init"] = {**init, "seconds": time.perf_counter() - t,
-                                                "resources": ray.cluster_resources()}
+        check.result["settings"]["ray_init"] = {
+            **init, "seconds": time.perf_counter() - t, "resources": ray.cluster_resources(),
+            # where this instance logs, for the wrapper to show Ray's errors after a failure
+            "logs_dir": ray._private.worker._global_node.get_logs_dir_path()}
+        check.save()
         if not args.skip_embedded:
             check.phase("(1) embedded default end to end", check.embedded, workdir)
             check.phase("(2) plain train_step loop", check.train_plain)

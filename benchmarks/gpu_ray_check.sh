@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The GPU Ray check (issue 19) as one command on the GPU machine, its output kept:
+# The GPU Ray check as one command on the GPU machine, its output kept:
 #   bash benchmarks/gpu_ray_check.sh [options of benchmarks/gpu_ray_check.py]
 # Carry .whl (made here by `bash ../shared/tools/gpu-bundle.sh`): without Ray the Python script
-# installs it offline into /tmp/site. Writes into $OUT (else outputs/gpu-ray-check/):
+# installs it offline into .whl/site. Writes into $OUT (else outputs/gpu-ray-check/):
 # gpu_ray_check.json (the numbers), gpu_ray_check.log (all output) and, when it fails,
 # ray_logs_tail.txt (the ends of Ray's error logs).
 set -uo pipefail
@@ -17,8 +17,11 @@ cat "$log"
   | tee -a "$log"
 rc=${PIPESTATUS[0]}
 if [ "$rc" -ne 0 ]; then
-  logs=/tmp/ray/session_latest/logs
-  for f in "$logs"/raylet.err "$logs"/gcs_server.err "$logs"/worker-*.err; do
+  # the Ray instance's own log folder, as the script recorded it
+  logs=$("${PYTHON:-python3}" -c 'import json, sys
+print(json.load(open(sys.argv[1]))["settings"]["ray_init"]["logs_dir"])' \
+    "$out/gpu_ray_check.json" 2>/dev/null)
+  [ -n "$logs" ] && for f in "$logs"/raylet.err "$logs"/gcs_server.err "$logs"/worker-*.err; do
     [ -s "$f" ] && { echo "=== $f"; tail -n 40 "$f"; }
   done 2>/dev/null | head -c 4000000 >"$out/ray_logs_tail.txt"
 fi
