@@ -144,8 +144,7 @@ class LocalExecutor:
     def __init__(self, cfg: CCDConfig, ids: list[str], source: ScoreSource,
                  inputs: TrainingInputs, truth: np.ndarray | None = None,
                  on_epoch: EpochReport | None = None, device: str | torch.device = "cpu"):
-        order = np.argsort(np.asarray(ids), kind="stable")
-        if not np.array_equal(order, np.arange(len(ids))):
+        if not np.all(np.asarray(ids[:-1]) <= np.asarray(ids[1:])):
             raise ValueError("LocalExecutor: ids must be sorted (the rows of every score matrix "
                              "follow them)")
         self.cfg, self.ids, self.source, self.inputs = cfg, np.asarray(ids), source, inputs

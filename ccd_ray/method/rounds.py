@@ -72,8 +72,7 @@ def _targets(cfg: CCDConfig, executor: Executor, ids: np.ndarray, labels: np.nda
     else:
         scores = label_ops.smoothing_floor(torch.from_numpy(labels),
                                            cfg.labels.smoothing_floor).numpy()
-    rows = np.minimum(np.searchsorted(weight_ids, ids), max(len(weight_ids) - 1, 0))
-    known = weight_ids[rows] == ids if len(weight_ids) else np.zeros(len(ids), bool)
+    rows, known = label_ops.find_rows(ids, weight_ids)
     return Targets(ids, scores, np.where(known, weights[rows], 1.0).astype(np.float32))
 
 

@@ -17,6 +17,7 @@ import torch
 
 from ccd_ray.config import TrainConfig
 from ccd_ray.method.classifier import normalise
+from ccd_ray.method.labels import find_rows
 from ccd_ray.method.losses import consistency_loss, consistency_weight, soft_bce
 
 
@@ -80,10 +81,8 @@ def attach_targets(ids: np.ndarray, holdout: np.ndarray, pixels: np.ndarray,
                    target_ids: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> Chunk:
     """The training rows of a chunk of stored inputs (not held out, with a target), joined with
     their soft targets and sample weights; target_ids is sorted, targets/weights follow it."""
-    rows = np.minimum(np.searchsorted(target_ids, ids), max(len(target_ids) - 1, 0))
-    keep = ~np.asarray(holdout, dtype=bool) & (len(target_ids) > 0)
-    if len(target_ids):
-        keep &= target_ids[rows] == ids
+    rows, found = find_rows(ids, target_ids)
+    keep = ~np.asarray(holdout, dtype=bool) & found
     return {"pixels": pixels[keep], "targets": targets[rows[keep]],
             "weights": weights[rows[keep]]}
 

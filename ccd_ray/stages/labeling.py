@@ -88,8 +88,9 @@ def read_raw(cfg: CCDConfig, store: RunStore, round_index: int
     folder = raw_folder(cfg, store, round_index)
     if folder is None:
         raise RuntimeError(f"{raw_stage(round_index)} is not committed")
-    return score_cache.read_pooled(score_cache.cache_store(cfg).fs, folder,
-                                   len(cfg.classes.names), cfg.labels.aggregation)
+    # the cache shares the run's output URI, so the run's filesystem reads it
+    return score_cache.read_pooled(store.fs, folder, len(cfg.classes.names),
+                                   cfg.labels.aggregation)
 
 
 def read_scores(fs, folder: str) -> tuple[np.ndarray, np.ndarray]:
