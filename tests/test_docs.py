@@ -103,20 +103,14 @@ def test_docs_pages_exist():
         "two architecture pages: keep docs/architecture.md only")
 
 
-def test_config_reference_is_current():
-    block = generated_block((DOCS / "configuration.md").read_text(), "config-reference")
-    assert block is not None, "docs/configuration.md lacks the config-reference markers"
-    assert block == config_reference(), (
-        "docs/configuration.md config table is stale: regenerate it with "
-        "`python -m ccd_ray.config`")
-
-
-def test_sweep_dependency_table_is_current():
-    block = generated_block((DOCS / "sweeps.md").read_text(), "sweep-dependencies")
-    assert block is not None, "docs/sweeps.md lacks the sweep-dependencies markers"
-    assert block == dependencies_markdown(), (
-        "docs/sweeps.md dependency table is stale: regenerate it from "
-        "ccd_ray.sweep.summary_math.dependencies_markdown()")
+@pytest.mark.parametrize("page, marker, generate", [
+    ("configuration.md", "config-reference", config_reference),
+    ("sweeps.md", "sweep-dependencies", dependencies_markdown)])
+def test_generated_tables_are_current(page, marker, generate):
+    block = generated_block((DOCS / page).read_text(), marker)
+    assert block is not None, f"docs/{page} lacks the {marker} markers"
+    assert block == generate(), (f"docs/{page}: the {marker} table is stale; regenerate it from "
+                                 f"{generate.__module__}.{generate.__name__}()")
 
 
 @pytest.mark.parametrize("path", documents(), ids=lambda p: str(p.relative_to(ROOT)))
