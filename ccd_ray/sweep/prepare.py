@@ -2,7 +2,7 @@
 (training inputs, and with the cache the base config's teacher scores), the labeled
 validation subset or the proxy set, gathered into one TrialData for the object store.
 
-Base stages are committed under `<sweep>/base/`; each `base/round-R` marker names the cache
+Base stages are committed under `<sweep>/base/`; each `base/round-R/raw` marker names the cache
 entry its scores came from, so a rerun finds them without retraining or rescoring."""
 
 from __future__ import annotations
@@ -18,13 +18,13 @@ import torch
 from ccd_ray.config import CCDConfig, ConfigError
 from ccd_ray.io.corpus import corpus_truth, discover, read_task_rows
 from ccd_ray.io.decode import decode_image
-from ccd_ray.io.storage import RunStore, filesystem_for, read_json, write_json
+from ccd_ray.io.storage import RunStore, filesystem_for, read_json
 from ccd_ray.method.classifier import CAMClassifier
 from ccd_ray.method.labels import align_rows
 from ccd_ray.method.local import LocalExecutor, TrainingInputs, classifier_bytes
 from ccd_ray.method.metrics import truth_matrix
 from ccd_ray.method.rounds import run_rounds
-from ccd_ray.stages import score_cache
+from ccd_ray.stages import labeling
 from ccd_ray.stages.train import build_inputs, input_files
 from ccd_ray.sweep.spec import SweepSpec, ValidationSpec
 from ccd_ray.sweep.trial import TrialData
@@ -73,40 +73,28 @@ def validation_truth(cfg: CCDConfig, spec: ValidationSpec, holdout_ids: list[str
 class BaseScores:
     """The base config's teacher scores through the score cache: round 0 from the phase-1
     views, round R from the views around the CAM boxes of the base classifier (trained in
-    this process on the base's labels). Rows follow `ids` (round 0's images, sorted)."""
+    this process on the base's labels). Each round is committed in the base store as a run's
+    raw stage is (a `round-R/raw` marker naming its cache entry, stages.labeling), so the base
+    and a run with its config share entries. Rows follow `ids` (round 0's images, sorted)."""
 
-    def __init__(self, store: RunStore, cache: RunStore):
-        self.store, self.cache = store, cache
+    def __init__(self, store: RunStore):
+        self.store = store
         self.ids: np.ndarray | None = None
         self.passes = 0
         self.memo: dict[int, np.ndarray] = {}
 
-    def _entry(self, cfg: CCDConfig, round_index: int, model: CAMClassifier | None,
-               threshold) -> str:
-        stage = f"round-{round_index}"  # in the base store: <sweep>/base/round-R
-        if self.store.committed(stage) is not None:
-            entry = self.store.marker(stage)["cache_entry"]
-            if self.cache.committed(entry) is not None:
-                return self.cache.committed(entry)
-        if round_index == 0:
-            folder, passes = score_cache.initial_view_scores(cfg, self.cache)
-        else:
-            folder, passes = score_cache.guided_view_scores(
-                cfg, classifier_bytes(model, cfg), threshold(), round_index, self.cache)
-        self.passes += passes
-        attempt = self.store.begin(stage)
-        entry = posixpath.basename(posixpath.dirname(folder))
-        write_json(self.store.fs, posixpath.join(attempt, "entry.json"),
-                   {"cache_entry": entry, "teacher_passes": passes})
-        self.store.commit(stage, attempt, {"cache_entry": entry, "teacher_passes": passes})
-        return folder
-
     def raw(self, cfg: CCDConfig, round_index: int, model: CAMClassifier | None,
             threshold=lambda: 0.0) -> np.ndarray:
         if round_index not in self.memo:
-            folder = self._entry(cfg, round_index, model, threshold)
-            ids, matrix, _ = score_cache.read_pooled(self.cache.fs, folder,
-                                                     len(cfg.classes.names), cfg.labels.aggregation)
+            if labeling.raw_folder(cfg, self.store, round_index) is None:
+                if round_index == 0:
+                    labeling.score_initial(cfg, self.store)
+                else:
+                    labeling.score_relabel(cfg, self.store, round_index,
+                                           classifier_bytes(model, cfg), threshold())
+                marker = self.store.marker(labeling.raw_stage(round_index))
+                self.passes += marker["teacher_passes_run"]
+            ids, matrix, _ = labeling.read_raw(cfg, self.store, round_index)
             if self.ids is None:
                 self.ids = ids
             else:
@@ -155,8 +143,7 @@ def prepare(cfg: CCDConfig, spec: SweepSpec, store: RunStore,
     inputs = read_inputs(base_store, build_inputs(cfg, base_store))
     if not len(inputs.ids):
         raise RuntimeError("the corpus has no decodable image to sweep over")
-    cache = score_cache.cache_store(cfg)
-    base_scores = BaseScores(base_store, cache) if spec.cache else None
+    base_scores = BaseScores(base_store) if spec.cache else None
     images = None
     if base_scores is not None:
         base_scores.raw(cfg, 0, None)
@@ -194,10 +181,10 @@ def prepare(cfg: CCDConfig, spec: SweepSpec, store: RunStore,
         result = run_rounds(cfg, LocalExecutor(cfg, ids, base_scores, inputs),
                             stop_at_round=cfg.relabel.rounds)
         data.raw = result.raw
-        entries = {r: base_store.marker(f"round-{r}")
+        entries = {r: base_store.marker(labeling.raw_stage(r))
                    for r in range(cfg.relabel.rounds + 1)}
         facts["base_rounds"] = {str(r): {"cache_entry": m["cache_entry"],
-                                         "teacher_passes_when_computed": m["teacher_passes"]}
+                                         "teacher_passes_when_computed": m["teacher_passes_run"]}
                                 for r, m in entries.items()}
         facts["base_teacher_passes_this_run"] = base_scores.passes
         log(f"base scores ready: {len(ids)} images, rounds 0..{cfg.relabel.rounds}, "

@@ -3,7 +3,7 @@ stages), sweep_trial (one trial) and sweep_report (the summary).
 
 Layout under `<data.output_uri>/<sweep_id>/` (stages committed like a run's):
   sweep.yaml         the base config and the sweep spec (a rerun must match them)
-  base/              train-inputs, and round-R markers naming the score-cache entries used
+  base/              train-inputs, and round-R/raw markers naming the score-cache entries
   tune/              Ray Tune's experiment (restored when the same sweep is run again)
   trials/<key>/      result.json of every trial that ran to its last epoch
   summary/           summary.md, summary.json, trials.csv, objective_vs_params.png,
