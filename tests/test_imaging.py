@@ -10,7 +10,15 @@ import torch
 from conftest import ZOO_MAX_PIXELS, image_zoo, png_header
 from PIL import Image
 
-from ccd_ray.io.decode import EMPTY, NOT_AN_IMAGE, TOO_LARGE, TRUNCATED, decode_image, encode_png
+from ccd_ray.io.decode import (
+    EMPTY,
+    NOT_AN_IMAGE,
+    TOO_LARGE,
+    TRUNCATED,
+    UNSUPPORTED_PIXELS,
+    decode_image,
+    encode_png,
+)
 
 ZOO = image_zoo()
 BAD = [z for z in ZOO if z[2]]
@@ -132,3 +140,56 @@ def test_long_side_is_shrunk_to_max_side():
     jpeg = _encode(Image.new("RGB", (256, 128), (90, 90, 90)), "JPEG")
     assert decode_image(jpeg, 10**6, 64).image.shape == (3, 32, 64)  # draft mode, then resized
 
+
+
+def _displayed(stored: np.ndarray, orientation: int) -> np.ndarray:
+    """How a viewer shows H x W x 3 pixels stored with EXIF orientation 1..8 (the EXIF
+    specification's table, written out with numpy, independent of PIL)."""
+    return {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1],
+            4: lambda a: a[::-1], 5: lambda a: a.transpose(1, 0, 2),
+            6: lambda a: np.rot90(a, k=-1), 7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+            8: lambda a: np.rot90(a, k=1)}[orientation](stored)
+
+
+def _with_orientation(array: np.ndarray, orientation: int, fmt: str) -> bytes:
+    img = Image.fromarray(array)
+    exif = img.getexif()
+    exif[0x0112] = orientation  # Orientation
+    return _encode(img, fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied(orientation):
+    stored = np.random.default_rng(orientation).integers(0, 256, (5, 8, 3), dtype=np.uint8)
+    decoded = decode_image(_with_orientation(stored, orientation, "PNG"), 10_000)
+    expected = _displayed(stored, orientation)
+    assert torch.equal(decoded.image, torch.from_numpy(expected.copy()).permute(2, 0, 1))
+    # a phone JPEG, shrunk on decode: the long side is still bounded after rotating
+    photo = np.zeros((60, 100, 3), np.uint8)
+    photo[:10, :10] = 255  # a white corner, top left as stored
+    decoded = decode_image(_with_orientation(photo, orientation, "JPEG"), 10**6, 50).image
+    expected = _displayed(photo, orientation)[::2, ::2]
+    assert decoded.shape[1:] == expected.shape[:2]
+    white = decoded[0].float() > 128
+    assert torch.equal(white, torch.from_numpy(expected[..., 0].copy() > 128))
+
+
+def test_float_tiff_is_scaled_not_black():
+    values = np.linspace(0, 1, 24, dtype=np.float32).reshape(4, 6)
+    image = decode_image(_encode(Image.fromarray(values, "F"), "TIFF"), 100).image
+    assert image.shape == (3, 4, 6) and image[0, -1, -1] == 255
+    assert torch.equal(image[0], torch.from_numpy(np.rint(values * 255).astype(np.uint8)))
+    as_bytes = decode_image(_encode(Image.fromarray(values * 200, "F"), "TIFF"), 100).image
+    assert torch.equal(as_bytes[1], torch.from_numpy(np.rint(values * 200).astype(np.uint8)))
+
+
+@pytest.mark.parametrize("mode,values,detail", [
+    ("F", np.array([[0.0, 1000.0]], np.float32),
+     "mode F with values up to 1000, expected 0..1 or 0..255"),
+    ("F", np.array([[0.0, np.nan]], np.float32), "mode F with NaN or infinite values"),
+    ("I", np.array([[-5, 7]], np.int32), "mode I with negative values (min -5)"),
+])
+def test_pixel_values_without_a_faithful_rgb_are_an_error(mode, values, detail):
+    decoded = decode_image(_encode(Image.fromarray(values, mode), "TIFF"), 100)
+    assert decoded.image is None
+    assert decoded.error == f"{UNSUPPORTED_PIXELS}: {detail}"

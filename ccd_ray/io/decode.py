@@ -1,4 +1,5 @@
-"""Decode untrusted image bytes into RGB uint8 tensors, or say exactly why not."""
+"""Decode untrusted image bytes into RGB uint8 tensors, upright (EXIF orientation applied), or
+say exactly why not."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Reasons recorded in errors.parquet; kept stable so users can filter on them.
 EMPTY = "empty: zero bytes"
@@ -16,6 +17,7 @@ NOT_AN_IMAGE = "not an image"
 TRUNCATED = "truncated or corrupt image data"
 TOO_LARGE = "too large: more pixels than data.max_image_pixels"
 NO_PIXELS = "image has zero width or height"
+UNSUPPORTED_PIXELS = "unsupported pixel format"
 
 
 @dataclass
@@ -24,19 +26,43 @@ class Decoded:
     error: str | None
 
 
+class _UnsupportedPixels(ValueError):
+    """Pixels of a mode or value range with no faithful RGB rendering."""
+
+
+def _to_uint8(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Integer (16/32-bit) pixels stretched by their maximum; float pixels read as 0..1 (or
+    0..255 when larger), the usual conventions; anything else is refused, never clipped to a
+    black or white image."""
+    if not np.isfinite(arr).all():
+        raise _UnsupportedPixels(f"mode {mode} with NaN or infinite values")
+    low, top = float(arr.min()), float(arr.max())
+    if low < 0:
+        raise _UnsupportedPixels(f"mode {mode} with negative values (min {low:g})")
+    if mode == "F":
+        if top <= 1.0:
+            return np.rint(arr * 255).astype(np.uint8)
+        if top <= 255.0:
+            return np.rint(arr).astype(np.uint8)
+        raise _UnsupportedPixels(f"mode F with values up to {top:g}, expected 0..1 or 0..255")
+    return (arr / (top or 1.0) * 255).astype(np.uint8)
+
+
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Grayscale, palette, CMYK, 16-bit and alpha images to RGB; alpha is composited on white
-    so transparent areas do not turn black."""
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-        canvas.paste(rgba, mask=rgba.getchannel("A"))
-        return canvas
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = arr.max() or 1.0
-        return Image.fromarray((arr / top * 255).astype(np.uint8)).convert("RGB")
-    return img.convert("RGB")
+    """Grayscale, palette, CMYK, 16/32-bit, float and alpha images to RGB; alpha is composited
+    on white so transparent areas do not turn black."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        gray = _to_uint8(np.asarray(img, dtype=np.float64), img.mode)
+        return Image.fromarray(gray).convert("RGB")
+    try:
+        if img.has_transparency_data:
+            rgba = img.convert("RGBA")
+            canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+            canvas.paste(rgba, mask=rgba.getchannel("A"))
+            return canvas
+        return img.convert("RGB")
+    except ValueError as exc:  # PIL: "conversion from <mode> to RGB not supported"
+        raise _UnsupportedPixels(f"mode {img.mode}: {exc}") from None
 
 
 def decode_image(data: bytes | None, max_pixels: int, max_side: int | None = None) -> Decoded:
@@ -56,11 +82,14 @@ def decode_image(data: bytes | None, max_pixels: int, max_side: int | None = Non
             if max_side and max(width, height) > max_side:
                 img.draft("RGB", (max_side, max_side))  # JPEG: decode at a reduced scale
             img.load()
+            ImageOps.exif_transpose(img, in_place=True)  # phone photos: stored sideways
             if max_side and max(img.size) > max_side:
                 img.thumbnail((max_side, max_side), Image.BILINEAR)
             rgb = _to_rgb(img)
     except UnidentifiedImageError:
         return Decoded(None, NOT_AN_IMAGE)
+    except _UnsupportedPixels as exc:
+        return Decoded(None, f"{UNSUPPORTED_PIXELS}: {exc}"[:300])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         return Decoded(None, TOO_LARGE)
     except (OSError, SyntaxError, ValueError, EOFError) as exc:

@@ -3,14 +3,15 @@ arguments of an actor pool."""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
 import ray
 
 from ccd_ray.config import CCDConfig
-from ccd_ray.io.corpus import CorpusLayout, discover, read_task_rows
-from ccd_ray.io.storage import filesystem_for
+from ccd_ray.io.corpus import CorpusLayout, corpus_layout, read_task_rows
 
 
 def _read_task(batch: pa.Table, fs, layout: CorpusLayout):
@@ -19,13 +20,21 @@ def _read_task(batch: pa.Table, fs, layout: CorpusLayout):
 
 
 def corpus_rows(cfg: CCDConfig) -> ray.data.Dataset:
-    """Rows (image_id, image, error) of the whole corpus, one read task per shard."""
-    fs, root = filesystem_for(cfg.data.corpus_uri, cfg.data)
-    layout = discover(fs, root, cfg.data.files_per_task)
+    """Rows (image_id, image, error) of the whole corpus, one read task per shard (or per
+    data.files_per_task plain files), each carrying its own file names only."""
+    fs, layout = corpus_layout(cfg)
     items = [{"files": files} for files in layout.tasks]
     return ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-        _read_task, batch_size=1, batch_format="pyarrow", fn_kwargs={"fs": fs, "layout": layout},
-        num_cpus=0.5)
+        _read_task, batch_size=1, batch_format="pyarrow",
+        fn_kwargs={"fs": fs, "layout": layout.without_tasks()}, num_cpus=0.5)
+
+
+def by_reference(data: bytes) -> Callable[[], bytes]:
+    """data for an actor's constructor, through the object store: Ray Data pickles constructor
+    kwargs into the map function it ships to every actor, so bytes given directly would make
+    that function as large as they are (45 MB for a ResNet-18 classifier), while the object
+    ref inside this callable is fetched by each actor once."""
+    return functools.partial(ray.get, ray.put(data))
 
 
 def actor_pool_args(cfg: CCDConfig, size: int) -> dict[str, Any]:

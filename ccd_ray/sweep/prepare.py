@@ -16,7 +16,7 @@ import pyarrow.dataset as pads
 import torch
 
 from ccd_ray.config import CCDConfig, ConfigError
-from ccd_ray.io.corpus import corpus_truth, discover, read_task_rows
+from ccd_ray.io.corpus import corpus_layout, corpus_truth, read_task_rows
 from ccd_ray.io.decode import decode_image
 from ccd_ray.io.storage import RunStore, filesystem_for, read_json
 from ccd_ray.method.classifier import CAMClassifier
@@ -113,8 +113,7 @@ class BaseScores:
 
 def decode_corpus(cfg: CCDConfig) -> dict[str, torch.Tensor]:
     """Every decodable image of the corpus, in this process (for in-process scoring only)."""
-    fs, root = filesystem_for(cfg.data.corpus_uri, cfg.data)
-    layout = discover(fs, root, cfg.data.files_per_task)
+    fs, layout = corpus_layout(cfg)
     images = {}
     for files in layout.tasks:
         for table in read_task_rows(fs, layout, files):
