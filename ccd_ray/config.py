@@ -11,6 +11,9 @@ from typing import Any
 
 import yaml
 
+# The job's default config: the embedded default's settings, the base of every user config.
+DEFAULT_CONFIG = Path(__file__).parent / "configs" / "default.yaml"
+
 
 class ConfigError(ValueError):
     """A config key, type or value is wrong; the message names the key and what is allowed."""
@@ -42,8 +45,13 @@ class TeacherConfig:
                                    "file; none = random weights (tests only)")
     image_size: int | None = _knob(None, low=16, high=2048,
                                    help="teacher input side; none = the model's own")
-    logit_scale: float = _knob(100.0, low=0.0, high=1000.0,
-                               help="softmax temperature on cosine similarities")
+    scoring: str = _knob("auto", choices=("auto", "softmax", "sigmoid"),
+                         help="'softmax' over classes (CLIP), 'sigmoid' per class with the "
+                         "model's logit_bias (SigLIP family), 'auto': sigmoid when the model "
+                         "has a logit_bias, else softmax")
+    logit_scale: float | None = _knob(None, low=0.0, high=1000.0,
+                                      help="multiplier of the cosine similarities; none = the "
+                                      "model's own learned scale, exp(model.logit_scale)")
     batch_size: int = _knob(64, low=1, high=65536, help="views per teacher forward pass")
 
 
@@ -68,7 +76,19 @@ class LabelsConfig:
     bias_statistic: str = _knob("count", choices=("count", "top1_mean"),
                                 help="'count': positives per class (paper); 'top1_mean': mean "
                                 "top-1 score per class over confident images (authors' code)")
-    threshold: float = _knob(0.5, low=0.0, high=1.0, help="score above which a label is output")
+    threshold: float = _knob(0.5, low=0.0, high=1.0,
+                             help="score at which a round's label is output (and a class "
+                             "counts as positive for the bias); every class's threshold "
+                             "under threshold_rule=fixed")
+    threshold_rule: str = _knob("otsu", choices=("fixed", "rate", "otsu"),
+                                help="per-class thresholds of the final labels and the "
+                                "classifier, from no ground truth: 'fixed' = labels.threshold "
+                                "for all; 'rate' = each class's top k images, k = its score sum; "
+                                "'otsu' = Otsu's split of each class's score histogram")
+    final_source: str = _knob("pseudo", choices=("pseudo", "classifier", "fusion"),
+                              help="scores of final/labels: the last round's pseudo-labels, the "
+                              "classifier's probabilities, or alpha * pseudo + (1 - alpha) * "
+                              "classifier")
     smoothing_floor: float = _knob(0.0, low=0.0, high=0.5,
                                    help="raise soft targets below it to it (authors: 1/20)")
 
@@ -138,6 +158,9 @@ class DataConfig:
                                 help="images are shrunk to this long side when decoded")
     files_per_task: int = _knob(64, low=1, high=100000,
                                 help="plain image files read per task (image-folder corpora)")
+    corpus_format: str = _knob("auto", choices=("auto", "parquet", "webdataset", "images"),
+                               help="how the corpus is read; auto: from the files found "
+                                    "(docs/corpora.md)")
 
 
 @dataclass
@@ -268,9 +291,12 @@ def validate(cfg: CCDConfig) -> CCDConfig:
     names = cfg.classes.names
     if not names:
         raise ConfigError("classes.names: at least one class name is required")
-    if len(set(names)) != len(names):
-        dup = sorted({n for n in names if names.count(n) > 1})
-        raise ConfigError(f"classes.names: duplicate class names {dup}")
+    # 'Cat' and 'cat' would be one class in two output columns (CLIP tokenizers lowercase)
+    folded = [n.strip().casefold() for n in names]
+    if len(set(folded)) != len(folded):
+        dup = sorted({n for n, f in zip(names, folded) if folded.count(f) > 1})
+        raise ConfigError(f"classes.names: duplicate class names {dup} (compared ignoring case "
+                          "and surrounding spaces); keep one spelling of each")
     if any(not n.strip() for n in names):
         raise ConfigError("classes.names: class names must be non-empty")
     if not cfg.classes.prompt_templates:

@@ -4,17 +4,16 @@
     python jobs/run_ccd.py --config my.yaml --set labels.alpha=0.4 --run-id voc-a04
     ray job submit --working-dir . -- python jobs/run_ccd.py --config my.yaml
 
-Rerunning with the same run id resumes: committed stages are skipped."""
+Rerunning with the same run id resumes: committed stages are skipped. Before Ray starts, the
+corpus, the output, the teacher and the S3 endpoint are checked; a stop prints one line and
+exits with the code docs/errors.md lists."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from ccd_ray.cli import add_config_arguments, job_config, prepare_job
-from ccd_ray.config import ConfigError
-from ccd_ray.stages.pipeline import run_ccd
-from ccd_ray.stages.runtime import init_ray
+from ccd_ray.cli import add_config_arguments, job_config, prepare_job, run_job, started_job
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -25,18 +24,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run(args: argparse.Namespace) -> int:
     overrides = args.set + ([f"run_id={args.run_id}"] if args.run_id else [])
-    try:
-        cfg = job_config(args.config, overrides)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    prepare_job(args.config, overrides)
-    init_ray(args.address)
-    run_ccd(cfg)
+    cfg = job_config(args.config, overrides)
+    checks = prepare_job(args.config, overrides, cfg)
+    with started_job(cfg, cfg.run_id, "run_ccd", checks, args):
+        from ccd_ray.stages.pipeline import run_ccd  # torch only now, as Ray (started_job)
+
+        run_ccd(cfg)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(parse_args(argv), run)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@
 The sweep YAML holds `params` (a list = grid, {low, high[, log]} = range) and the optional
 keys of ccd_ray/sweep/spec.py; --grid/--range/--sweep-id flags override it. Rerunning the same
 sweep id resumes it. Outputs: <output_uri>/<sweep_id>/summary/ (summary.md, trials.csv,
-objective_vs_params.png, best-config.yaml)."""
+objective_vs_params.png, best-config.yaml). The checks before Ray starts and the exit codes are
+those of jobs/run_ccd.py (docs/errors.md)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from ccd_ray.cli import add_config_arguments, job_config, prepare_job
+from ccd_ray.cli import add_config_arguments, job_config, prepare_job, run_job, started_job
 from ccd_ray.config import ConfigError
-from ccd_ray.stages.runtime import init_ray
 from ccd_ray.sweep.spec import parse_flag, parse_sweep_spec
 
 
@@ -74,21 +74,20 @@ def spec_data(args: argparse.Namespace) -> dict:
     return data
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        cfg = job_config(args.config, args.set)
-        spec = parse_sweep_spec(spec_data(args), cfg)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
-        return 2
-    from ccd_ray.sweep.tune import run_sweep
+def run(args: argparse.Namespace) -> int:
+    cfg = job_config(args.config, args.set)
+    spec = parse_sweep_spec(spec_data(args), cfg)
+    checks = prepare_job(args.config, args.set, cfg)
+    with started_job(cfg, spec.sweep_id, "sweep", checks, args):
+        from ccd_ray.sweep.tune import run_sweep  # torch only now, as Ray (started_job)
 
-    prepare_job(args.config, args.set)
-    init_ray(args.address)
-    outcome = run_sweep(cfg, spec)
+        outcome = run_sweep(cfg, spec)
     print(f"summary: {outcome.summary_folder}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_job(parse_args(argv), run)
 
 
 if __name__ == "__main__":

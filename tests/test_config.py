@@ -152,6 +152,14 @@ def test_class_and_template_constraints(items, fragment):
     assert str(err.value).startswith("classes.")
 
 
+@pytest.mark.parametrize("names, named", [("[Cat, dog, cat]", "['Cat', 'cat']"),
+                                           ("[dog, ' dog', bird]", "[' dog', 'dog']")])
+def test_class_names_differing_only_in_case_or_spaces_are_duplicates(names, named):
+    with pytest.raises(ConfigError) as err:
+        load_config(overrides=[f"classes.names={names}"])
+    assert str(err.value).startswith(f"classes.names: duplicate class names {named}")
+
+
 def test_cross_key_constraints():
     with pytest.raises(ConfigError, match="crop_scale"):
         load_config(overrides=NAMES + ["initial.crop_scale=[0.6, 0.2]"])

@@ -23,8 +23,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
-from ccd_ray.config import load_config
-from ccd_ray.demo.embedded import DEFAULT_CONFIG
+from ccd_ray.config import DEFAULT_CONFIG, load_config
 from ccd_ray.demo.scenes import CLASS_NAMES
 from ccd_ray.io.packing import synthetic_records, write_shards
 from ccd_ray.io.storage import RunStore, filesystem_for, read_bytes, read_json
@@ -250,7 +249,7 @@ def test_killed_job_resumes_and_a_lost_train_worker_is_recovered(
         submitted_run, head_cluster, s3_server, local_teacher, job_corpus, tmp_path):
     args = [*job_overrides(s3_server, local_teacher, job_corpus), "--run-id", "resume"]
     code, first = _run_driver(head_cluster, args, head_cluster["env"],
-                              kill_after="round-1/raw: started")
+                              kill_after="train/segment-0: done")
     assert code == -signal.SIGKILL, first[-3000:]
     store = run_store(s3_server, "resume")
     assert store.committed(labels_stage(1)) is None and store.committed("final") is None
@@ -261,7 +260,7 @@ def test_killed_job_resumes_and_a_lost_train_worker_is_recovered(
     assert code == 0, second[-4000:]
     for stage in ("round-0/raw", "round-0/labels", "train-inputs", "train/segment-0"):
         assert f"[ccd-ray] {stage}: skipped (already committed)" in second, stage
-    assert "[ccd-ray] round-1/raw: started" in second
+    assert "[ccd-ray] round-1/raw: done" in second
     assert marker.exists(), "the injected worker failure did not happen"
     assert "[ccd-ray] final: done" in second
 

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
+import yaml
 
 from ccd_ray.io.decode import encode_png
 
-JOBS = Path(__file__).resolve().parents[1] / "jobs"
+REPO = Path(__file__).resolve().parents[1]
+JOBS = REPO / "jobs"
 
 
 def load_job(name: str):
@@ -61,3 +68,74 @@ def test_building_the_embedded_config_does_no_work(tmp_path, monkeypatch):
     assert cfg.teacher.model.startswith("local-dir:" + str(tmp_path / "cache"))
     assert cfg.data.corpus_uri.startswith(str(tmp_path / "outputs" / "_embedded"))
     assert not (tmp_path / "cache").exists() and not (tmp_path / "outputs").exists()
+
+
+def _user_config(tmp_path) -> Path:
+    """A new user's config: a folder of three images, outputs under tmp_path."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"img{i}.png").write_bytes(encode_png(np.full((4, 6, 3), i, np.uint8)))
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"classes": {"names": ["cat", "dog"]},
+                                    "data": {"corpus_uri": str(corpus),
+                                             "output_uri": str(tmp_path / "out")}}))
+    return path
+
+
+def _unwritable_output(tmp_path) -> Path:
+    """A folder nothing can be written into: read-only, or (as root, who writes anyway) one
+    below a plain file."""
+    if os.geteuid() == 0:
+        (tmp_path / "plain-file").write_text("x")
+        return tmp_path / "plain-file" / "runs"
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    return locked
+
+
+@pytest.mark.parametrize("case, code, key", [("missing corpus", 3, "data.corpus_uri"),
+                                             ("unwritable output", 4, "data.output_uri"),
+                                             ("missing teacher", 5, "teacher.model")])
+def test_a_failed_start_is_one_line_in_seconds_and_leaves_nothing(tmp_path, case, code, key):
+    """As a new user meets them: the job stops before Ray starts, with one line naming the key
+    and a distinct exit code, no traceback, and nothing written."""
+    config = _user_config(tmp_path)
+    overrides = {"missing corpus": f"data.corpus_uri={tmp_path / 'no-such-corpus'}",
+                 "unwritable output": f"data.output_uri={_unwritable_output(tmp_path)}",
+                 "missing teacher": f"teacher.model=local-dir:{tmp_path / 'no-teacher'}"}[case]
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    started = time.time()
+    result = subprocess.run([sys.executable, "jobs/run_ccd.py", "--config", str(config),
+                             "--set", overrides], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=60)
+    seconds = time.time() - started
+    lines = result.stderr.splitlines()
+    assert result.returncode == code, result.stderr
+    assert len(lines) == 1 and lines[0].startswith(f"error: {key}"), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout and result.stdout == ""
+    assert seconds < 5, f"{case}: {seconds:.1f} s"
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    print(f"{case}: exit {result.returncode} in {seconds:.2f} s: {lines[0]}")
+
+
+def test_debug_adds_the_traceback(tmp_path):
+    config = _user_config(tmp_path)
+    result = subprocess.run([sys.executable, "jobs/run_ccd.py", "--config", str(config), "--debug",
+                             "--set", f"data.corpus_uri={tmp_path / 'gone'}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    assert "Traceback" in result.stderr
+    assert result.stderr.splitlines()[-1].startswith("error: data.corpus_uri")
+
+
+def test_the_sweep_runs_the_same_checks(tmp_path):
+    config = _user_config(tmp_path)
+    result = subprocess.run([sys.executable, "jobs/sweep.py", "--config", str(config),
+                             "--grid", "alpha=0.2,0.4",
+                             "--set", f"data.corpus_uri={tmp_path / 'gone'}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith("error: data.corpus_uri") and not (tmp_path / "out").exists()

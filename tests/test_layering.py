@@ -9,8 +9,8 @@ import sys
 
 import ccd_ray
 
-RAY_FREE = ["ccd_ray.config", "ccd_ray.cli", "ccd_ray.io", "ccd_ray.method", "ccd_ray.demo",
-            "ccd_ray.stages.actors", "ccd_ray.sweep.spec", "ccd_ray.sweep.summary",
+RAY_FREE = ["ccd_ray.config", "ccd_ray.cli", "ccd_ray.preflight", "ccd_ray.io", "ccd_ray.method",
+            "ccd_ray.demo", "ccd_ray.stages.actors", "ccd_ray.sweep.spec", "ccd_ray.sweep.summary",
             "ccd_ray.sweep.summary_math", "ccd_ray.sweep.trial"]
 
 

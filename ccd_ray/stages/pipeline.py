@@ -10,6 +10,7 @@ committed as round-R/labels."""
 from __future__ import annotations
 
 import json
+import logging
 import posixpath
 import time
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 import yaml
 
+from ccd_ray.cli import log
 from ccd_ray.config import CCDConfig, ConfigError
 from ccd_ray.io.corpus import corpus_truth
 from ccd_ray.io.storage import RunStore, exists, read_bytes, write_bytes, write_json
@@ -25,7 +27,7 @@ from ccd_ray.method.metrics import truth_matrix
 from ccd_ray.method.rounds import RoundScores, Targets, run_rounds
 from ccd_ray.method.schedule import Segment, selection_threshold
 from ccd_ray.stages import labeling
-from ccd_ray.stages.evaluate import FINAL_STAGE, finish_run, predict_inputs
+from ccd_ray.stages.evaluate import FINAL_STAGE, classifier_scores, finish_run, training_probs
 from ccd_ray.stages.train import (
     INPUTS_STAGE,
     build_inputs,
@@ -36,39 +38,62 @@ from ccd_ray.stages.train import (
 )
 
 CLASSIFIER_FILE = "classifier.pt"
-
-
-def log(message: str) -> None:
-    print(f"[ccd-ray] {message}", flush=True)
+logger = logging.getLogger(__name__)
 
 
 def check_run_config(cfg: CCDConfig, store: RunStore) -> None:
-    """Write the run's config once; a rerun with the same run id must not change the method."""
+    """Write the run's config; a rerun with the same run id must not change the method once a
+    stage is committed (before that, e.g. after a start that stopped on a broken teacher path,
+    the corrected config replaces it)."""
     path = store.path("config.yaml")
-    if exists(store.fs, path):
+    if exists(store.fs, path) and store.committed(labeling.raw_stage(0)) is not None:
         previous = yaml.safe_load(read_bytes(store.fs, path))
         current = cfg.to_dict()
         changed = sorted(k for k in ("classes", "teacher", "initial", "labels", "relabel", "train")
                          if previous.get(k) != json.loads(json.dumps(current[k])))
         if changed:
-            raise ConfigError(f"run {cfg.run_id!r} already exists with different settings in "
-                              f"{changed}; use a new run_id or the original config")
+            raise ConfigError(f"run_id: run {cfg.run_id!r} already exists with different "
+                              f"settings in {changed}; use a new run_id or the original config")
         return
     write_bytes(store.fs, path, yaml.safe_dump(cfg.to_dict(), sort_keys=False).encode())
     write_json(store.fs, store.path("classes.json"), cfg.classes.names)
 
 
 @contextmanager
-def stage_log(store: RunStore, name: str, detail=lambda: ""):
-    """One line when a stage starts and one when it ends (or was found committed)."""
+def stage_log(store: RunStore, name: str, detail=lambda: "", images=None):
+    """One console line per stage, when it ends (or was found committed): its counts, time and
+    rate (images: the number the rate counts, read when the stage ends). That it started goes to
+    the run's log file only."""
     committed = store.committed(name) is not None
     started = time.time()
     if not committed:
-        log(f"{name}: started")
+        logger.info("%s: started", name)
     yield
-    verb = "skipped (already committed)" if committed else f"done in {time.time() - started:.1f} s"
+    seconds = time.time() - started
     extra = detail()
+    if committed:
+        verb = "skipped (already committed)"
+    else:
+        count = images() if images else None
+        rate = f", {count / seconds:.1f} images/s" if count and seconds > 0 else ""
+        verb = f"done in {seconds:.1f} s{rate}"
     log(f"{name}: {verb}{'; ' + extra if extra else ''}")
+
+
+def scored_images(store: RunStore, name: str) -> int | None:
+    """The images a scoring stage ran the teacher on (None when its scores came from the score
+    cache: no rate to give)."""
+    marker = store.marker(name)
+    return marker["images"] if marker.get("teacher_passes_run") else None
+
+
+def scoring_counts(store: RunStore, name: str) -> str:
+    """What a scoring stage's marker counts: images, labeled, errors, the teacher's work."""
+    marker = store.marker(name)
+    work = (f"{marker['teacher_passes_run']} teacher passes" if marker.get("teacher_passes_run")
+            else "scores from the score cache")
+    return (f"{marker['images']} images, {marker['labeled']} labeled, {marker['errors']} errors; "
+            f"{work}")
 
 
 class RayExecutor:
@@ -92,13 +117,14 @@ class RayExecutor:
     def score_round(self, round_index: int, trained: str | None) -> RoundScores:
         cfg, store = self.cfg, self.store
         name = labeling.raw_stage(round_index)
-        with stage_log(store, name):
+        with stage_log(store, name, lambda: scoring_counts(store, name),
+                       images=lambda: scored_images(store, name)):
             if round_index == 0:
                 labeling.score_initial(cfg, store)
             elif store.committed(name) is None:
                 classifier = self.classifier(trained)
-                threshold = selection_threshold(cfg, lambda: torch.from_numpy(np.stack(list(
-                    predict_inputs(cfg, store, classifier, holdout=False).values()))))
+                threshold = selection_threshold(cfg, lambda: torch.from_numpy(
+                    training_probs(classifier_scores(cfg, store, classifier))))
                 labeling.score_relabel(cfg, store, round_index, classifier, threshold)
         ids, raw, _ = labeling.read_raw(cfg, store, round_index)
         return RoundScores(ids, raw)
