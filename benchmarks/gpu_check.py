@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import platform
@@ -87,10 +88,9 @@ def measure_teacher(sizes: dict, device: torch.device) -> dict:
                                           ClassesConfig(names=CLASSES), "cpu")
     teacher = cpu_teacher
     if device.type == "cuda":  # the same weights on the GPU
-        teacher = Teacher(model=copy.deepcopy(cpu_teacher.model).to(device),
-                          text_embeddings=cpu_teacher.text_embeddings.to(device),
-                          image_size=cpu_teacher.image_size, mean=cpu_teacher.mean,
-                          std=cpu_teacher.std, logit_scale=cpu_teacher.logit_scale, device=device)
+        teacher = dataclasses.replace(cpu_teacher, device=device,
+                                      model=copy.deepcopy(cpu_teacher.model).to(device),
+                                      text_embeddings=cpu_teacher.text_embeddings.to(device))
     side = teacher.image_size
     views = torch.randn(sizes["views"], 3, side, side, generator=torch.Generator().manual_seed(1))
     if device.type == "cuda":

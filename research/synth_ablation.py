@@ -42,9 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ccd_ray.config import load_config
+from ccd_ray.config import DEFAULT_CONFIG, load_config
 from ccd_ray.demo.embedded import (
-    DEFAULT_CONFIG,
     STUDENT_BACKBONE_SPEC,
     TEACHER_SPEC,
     default_cache_dir,

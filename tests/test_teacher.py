@@ -116,3 +116,86 @@ def test_local_dir_without_weights_raises(tiny_teacher, tmp_path):
         load_clip(TeacherConfig(model=f"local-dir:{folder}"))
     with pytest.raises(FileNotFoundError, match="open_clip_config.json"):
         load_clip(TeacherConfig(model=f"local-dir:{tmp_path / 'empty'}"))
+
+
+# --- scoring by model family: learned scale, sigmoid with the bias, auto ---------------------
+
+def _saved_model(tmp_path, model_name: str, logit_scale: float, logit_bias: float | None = None
+                 ) -> str:
+    """A random model_name with its scale (and bias) set, saved as a local-dir checkpoint."""
+    import math
+
+    torch.manual_seed(5)
+    model, *_ = load_clip(TeacherConfig(model=model_name, pretrained=None))
+    model.logit_scale.data.fill_(math.log(logit_scale))
+    if logit_bias is not None:
+        model.logit_bias.data.fill_(logit_bias)
+    return save_local_dir(model, model_name, tmp_path / f"{model_name}-{logit_scale}")
+
+
+def _open_clip_logits(teacher: Teacher, views: torch.Tensor) -> torch.Tensor:
+    """open_clip's own get_logits (learned scale and bias) on the class prompts."""
+    from ccd_ray.method.teacher import open_clip_with_configs
+
+    tokenizer = open_clip_with_configs().get_tokenizer("ccd-tiny-vit")
+    tokens = tokenizer([t.format(n) for n in CLASSES.names for t in CLASSES.prompt_templates])
+    with torch.no_grad():
+        return teacher.model.get_logits(views, tokens)[0]
+
+
+def test_null_logit_scale_is_the_models_learned_scale(views, tmp_path):
+    assert TeacherConfig().logit_scale is None and TeacherConfig().scoring == "auto"
+    spec = _saved_model(tmp_path, "ccd-tiny-vit", logit_scale=7.0)
+    learned = _teacher(TeacherConfig(model=spec))
+    assert learned.scoring == "softmax" and learned.logit_scale == pytest.approx(7.0)
+    # the scores are open_clip's logits under a softmax over classes
+    torch.testing.assert_close(learned.score(views),
+                               _open_clip_logits(learned, views).softmax(dim=-1))
+    fixed = _teacher(TeacherConfig(model=spec, logit_scale=100.0))
+    assert fixed.logit_scale == 100.0
+    # a sharper scale, the same ranking of classes in a view
+    assert bool((fixed.score(views).max(1).values > learned.score(views).max(1).values).all())
+    assert torch.equal(fixed.score(views).argmax(1), learned.score(views).argmax(1))
+
+
+def test_sigmoid_scores_use_the_models_logit_bias(views, tmp_path):
+    spec = _saved_model(tmp_path, "ccd-tiny-sigmoid", logit_scale=12.0, logit_bias=-2.5)
+    teacher = _teacher(TeacherConfig(model=spec))
+    assert teacher.scoring == "sigmoid"
+    assert teacher.logit_scale == pytest.approx(12.0) and teacher.logit_bias == pytest.approx(-2.5)
+    scores = teacher.score(views)
+    torch.testing.assert_close(scores, torch.sigmoid(_open_clip_logits(teacher, views)))
+    assert not torch.allclose(scores.sum(dim=1), torch.ones(len(views)))  # not a distribution
+    # the same model without its bias scores higher everywhere: the bias is applied
+    unbiased = Teacher(teacher.model, teacher.text_embeddings, teacher.image_size, teacher.mean,
+                       teacher.std, teacher.logit_scale, teacher.device, scoring="sigmoid")
+    assert bool((unbiased.score(views) > scores).all())
+
+
+def test_auto_picks_the_rule_by_model_family(views, tmp_path):
+    clip_spec = _saved_model(tmp_path, "ccd-tiny-vit", logit_scale=10.0)
+    sigmoid_spec = _saved_model(tmp_path, "ccd-tiny-sigmoid", logit_scale=10.0, logit_bias=-3.0)
+    assert _teacher(TeacherConfig(model=clip_spec)).scoring == "softmax"
+    assert _teacher(TeacherConfig(model=sigmoid_spec)).scoring == "sigmoid"
+    # softmax asked for on a sigmoid-family model: the bias cancels over classes
+    forced = _teacher(TeacherConfig(model=sigmoid_spec, scoring="softmax"))
+    torch.testing.assert_close(forced.score(views).sum(dim=1), torch.ones(len(views)))
+    torch.testing.assert_close(forced.score(views),
+                               _open_clip_logits(forced, views).softmax(dim=-1))
+    with pytest.raises(ValueError, match="needs a model with a logit_bias"):
+        _teacher(TeacherConfig(model=clip_spec, scoring="sigmoid"))
+
+
+def test_scoring_and_scale_are_validated_and_enter_the_score_cache_key():
+    from ccd_ray.config import ConfigError, load_config
+    from ccd_ray.stages.score_cache import initial_key, key_hash
+
+    names = [f"classes.names={list(TEST_CLASSES)}"]
+    with pytest.raises(ConfigError, match="teacher.scoring"):
+        load_config(overrides=names + ["teacher.scoring=tanh"])
+    with pytest.raises(ConfigError, match="teacher.logit_scale"):
+        load_config(overrides=names + ["teacher.logit_scale=-1"])
+    keys = {key_hash(initial_key(load_config(overrides=names + extra)))
+            for extra in ([], ["teacher.scoring=softmax"], ["teacher.scoring=sigmoid"],
+                          ["teacher.logit_scale=100"])}
+    assert len(keys) == 4

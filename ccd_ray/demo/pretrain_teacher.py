@@ -9,6 +9,13 @@ a symmetric contrastive loss. Its two deficiencies are not coded in, they come f
   picked in proportion to popularity (as web captions name the salient, common thing), so
   popular classes win the caption and the teacher leans toward them (class bias).
 
+The loss follows the model's family: a model with a logit_bias (`ccd-tiny-sigmoid`, the
+SigLIP-style variant, SIGMOID_SPEC) is trained with open_clip's SigLIP loss, any other with
+the CLIP loss. Its config starts the bias at -2, the log-odds of a pair being positive when
+each image matches one of the batch's 8-10 distinct captions (SigLIP's own -10 is that of one
+positive in a 32k batch). The variant's name avoids "siglip": open_clip gives models so named
+its T5 tokenizer, which needs `transformers`.
+
 Deterministic from the spec (seeded data stream, seeded init, one intra-op thread) and cached
 as an open_clip `local-dir:` checkpoint named by the spec's hash.
 """
@@ -63,6 +70,10 @@ class PretrainSpec:
         return spec_key(self)
 
 
+# The SigLIP-style teacher of the same world: same data and schedule, sigmoid loss and bias.
+SIGMOID_SPEC = PretrainSpec(model="ccd-tiny-sigmoid")
+
+
 def popularity(spec: PretrainSpec, class_names: list[str]) -> np.ndarray:
     """Pretraining class frequencies: Zipf over a seeded order of the classes (so popularity
     is not the order of the class list)."""
@@ -105,6 +116,44 @@ def multi_positive_clip_loss(image_features: torch.Tensor, text_features: torch.
     return (image_to_text + text_to_image) / 2
 
 
+def multi_positive_siglip_loss(image_features: torch.Tensor, text_features: torch.Tensor,
+                               captions: torch.Tensor, logit_scale: torch.Tensor,
+                               logit_bias: torch.Tensor) -> torch.Tensor:
+    """open_clip's SigLIP loss (per-pair sigmoid) on L2-normalised features, each distinct
+    caption text of the batch once: every image is a positive pair (+1) with its caption's text
+    and a negative (-1) with the others. SigLIP's web captions are distinct; here a handful of
+    texts repeat, and keeping every copy would weigh a text by its frequency in the batch, so
+    a popular class's copies would swamp the rare ones. With distinct captions it is
+    SigLipLoss itself. text_features: one row per image (its caption's)."""
+    from open_clip.loss import SigLipLoss  # here: importing open_clip costs seconds
+
+    texts, column = torch.unique(captions, return_inverse=True)
+    first_row = torch.empty(len(texts), dtype=torch.long)
+    first_row[column] = torch.arange(len(captions))  # any row of a caption: all are equal
+
+    class DistinctTextSigLipLoss(SigLipLoss):
+        def get_ground_truth(self, device, dtype, num_logits, negative_only=False):
+            if negative_only:  # only asked for across devices; this loop runs in one process
+                raise ValueError("the multi-positive SigLIP loss supports world_size 1 only")
+            positive = column[:, None] == torch.arange(len(texts))[None, :]
+            return 2 * positive.to(device=device, dtype=dtype) - 1
+
+    return DistinctTextSigLipLoss()(F.normalize(image_features, dim=-1),
+                                    F.normalize(text_features[first_row], dim=-1), logit_scale,
+                                    logit_bias)
+
+
+def family_loss(model: torch.nn.Module, image_features: torch.Tensor,
+                text_features: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+    """The pretraining loss of the model's family: SigLIP's when it has a logit_bias, else
+    CLIP's; the scale is clamped at 100 as open_clip's training clamps it."""
+    scale = model.logit_scale.exp().clamp(max=100)
+    if getattr(model, "logit_bias", None) is not None:
+        return multi_positive_siglip_loss(image_features, text_features, captions, scale,
+                                          model.logit_bias)
+    return multi_positive_clip_loss(image_features, text_features, captions, scale)
+
+
 def pretrain_teacher(spec: PretrainSpec, class_names: list[str] | None = None,
                      log=print) -> torch.nn.Module:
     """Train the tiny open_clip model from scratch on the synthetic captioned images."""
@@ -128,8 +177,7 @@ def pretrain_teacher(spec: PretrainSpec, class_names: list[str] | None = None,
             pixels = (images.float() / 255 - mean_t) / std_t
             image_features = model.encode_image(pixels)
             text_features = model.encode_text(tokens)[captions]
-            loss = multi_positive_clip_loss(image_features, text_features, captions,
-                                            model.logit_scale.exp().clamp(max=100))
+            loss = family_loss(model, image_features, text_features, captions)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

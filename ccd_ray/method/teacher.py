@@ -1,21 +1,29 @@
-"""The frozen CLIP teacher: load an open_clip model, embed the class prompts once, score views."""
+"""The frozen CLIP teacher: load an open_clip model, embed the class prompts once, score views.
+
+Scores follow the model's family, as open_clip's own `get_logits`: logits are
+`scale * cos(image, class text) + bias`, with scale the model's learned exp(logit_scale)
+unless teacher.logit_scale sets one, and bias the model's logit_bias (0 when it has none).
+A CLIP model is scored with a softmax over the classes (the bias cancels there), a SigLIP-style
+model, trained with a per-pair sigmoid loss, with a per-class sigmoid (teacher.scoring=auto
+picks by whether the model has a logit_bias)."""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ccd_ray.config import ClassesConfig, TeacherConfig
+from ccd_ray.preflight import LOCAL_DIR_PREFIX, teacher_files_problem
 
 MODEL_CONFIG_DIR = Path(__file__).parents[1] / "model_configs"
-LOCAL_DIR_PREFIX = "local-dir:"
 _LOCAL_DIR_WEIGHTS = "open_clip_model.safetensors"
 
 
-def _open_clip():
+def open_clip_with_configs():
     """Import open_clip with the project's tiny model configs registered."""
     import open_clip
 
@@ -25,23 +33,16 @@ def _open_clip():
 
 
 def _check_weights_exist(cfg: TeacherConfig) -> None:
-    """open_clip only warns when weights are missing; random weights must be asked for."""
-    if cfg.model.startswith(LOCAL_DIR_PREFIX):
-        folder = Path(cfg.model[len(LOCAL_DIR_PREFIX):])
-        if not (folder / "open_clip_config.json").is_file():
-            raise FileNotFoundError(f"teacher.model: {folder} has no open_clip_config.json")
-        if not any(any(folder.glob(p)) for p in ("*.safetensors", "*.bin", "*.pth", "*.pt")):
-            raise FileNotFoundError(f"teacher.model: {folder} holds no weights file")
-    elif cfg.pretrained and ("/" in cfg.pretrained or cfg.pretrained.endswith(
-            (".pt", ".pth", ".bin", ".safetensors"))):
-        if not Path(cfg.pretrained).is_file():
-            raise FileNotFoundError(
-                f"teacher.pretrained: checkpoint file {cfg.pretrained} not found")
+    """open_clip only warns when weights are missing; random weights must be asked for. The
+    same check the job's preflight makes, for callers that skip it (sweeps, tests)."""
+    problem = teacher_files_problem(cfg)
+    if problem:
+        raise FileNotFoundError(problem)
 
 
 def load_clip(cfg: TeacherConfig, device: str | torch.device = "cpu"):
     """Return (model, tokenizer, image_mean, image_std) for cfg; model in eval mode, frozen."""
-    open_clip = _open_clip()
+    open_clip = open_clip_with_configs()
     _check_weights_exist(cfg)
     model = open_clip.create_model(
         cfg.model,
@@ -62,7 +63,7 @@ def save_local_dir(model: torch.nn.Module, model_name: str, folder: str | Path) 
     teacher.model spec."""
     from safetensors.torch import save_file
 
-    open_clip = _open_clip()
+    open_clip = open_clip_with_configs()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     model_cfg = open_clip.get_model_config(model_name)
@@ -72,6 +73,39 @@ def save_local_dir(model: torch.nn.Module, model_name: str, folder: str | Path) 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(folder / _LOCAL_DIR_WEIGHTS))
     return LOCAL_DIR_PREFIX + str(folder)
+
+
+def _model_scalar(model: torch.nn.Module, name: str) -> float | None:
+    """A scalar parameter of the model (logit_scale, logit_bias) as a float; None when the
+    model has none (open_clip sets logit_bias to None on CLIP models)."""
+    value = getattr(model, name, None)
+    if value is None:
+        return None
+    if value.numel() != 1:
+        raise ValueError(f"teacher: model.{name} has {value.numel()} values; only a scalar "
+                         f"{name} is supported")
+    return float(value.detach().float().reshape(()))
+
+
+def scoring_rule(model: torch.nn.Module, cfg: TeacherConfig) -> tuple[str, float, float]:
+    """(softmax or sigmoid, logit scale, logit bias) of cfg on this model: the model's own
+    learned scale when teacher.logit_scale is none, its logit_bias (0 without one), and for
+    teacher.scoring=auto sigmoid exactly when the model has a logit_bias."""
+    learned_scale = _model_scalar(model, "logit_scale")
+    if cfg.logit_scale is None and learned_scale is None:
+        raise ValueError(f"teacher.logit_scale is none (the model's learned scale) but "
+                         f"{cfg.model} has no logit_scale; set teacher.logit_scale to a number")
+    scale = math.exp(learned_scale) if cfg.logit_scale is None else float(cfg.logit_scale)
+    bias = _model_scalar(model, "logit_bias")
+    scoring = cfg.scoring
+    if scoring == "auto":
+        scoring = "softmax" if bias is None else "sigmoid"
+    if scoring == "sigmoid" and bias is None:
+        raise ValueError(f"teacher.scoring=sigmoid needs a model with a logit_bias (SigLIP "
+                         f"family); {cfg.model} has none: use teacher.scoring=auto or softmax")
+    if scoring not in ("softmax", "sigmoid"):
+        raise ValueError(f"teacher.scoring {scoring!r}: expected auto, softmax or sigmoid")
+    return scoring, scale, 0.0 if bias is None else bias
 
 
 def _image_side(model: torch.nn.Module, override: int | None) -> int:
@@ -84,7 +118,7 @@ def _image_side(model: torch.nn.Module, override: int | None) -> int:
 @dataclass
 class Teacher:
     """A frozen CLIP model with its class text embeddings; `score` maps views to class
-    probabilities."""
+    probabilities (softmax over classes, or per-class sigmoid: see the module docstring)."""
     model: torch.nn.Module
     text_embeddings: torch.Tensor  # C x D, L2-normalised
     image_size: int
@@ -93,21 +127,25 @@ class Teacher:
     logit_scale: float
     device: torch.device
     forward_passes: int = 0  # counted so callers can prove that cached work ran no CLIP
+    scoring: str = "softmax"  # resolved: "softmax" or "sigmoid", never "auto"
+    logit_bias: float = 0.0
 
     @classmethod
     def from_config(cls, teacher_cfg: TeacherConfig, classes_cfg: ClassesConfig,
                     device: str | torch.device = "cpu") -> "Teacher":
         device = torch.device(device)
         model, tokenizer, mean, std = load_clip(teacher_cfg, device)
+        scoring, scale, bias = scoring_rule(model, teacher_cfg)
         text = embed_prompts(model, tokenizer, classes_cfg.names, classes_cfg.prompt_templates,
                              device)
         return cls(model=model, text_embeddings=text,
                    image_size=_image_side(model, teacher_cfg.image_size), mean=mean, std=std,
-                   logit_scale=teacher_cfg.logit_scale, device=device)
+                   logit_scale=scale, device=device, scoring=scoring, logit_bias=bias)
 
     @torch.no_grad()
     def score(self, views: torch.Tensor) -> torch.Tensor:
-        """views: N x 3 x S x S, normalised -> N x C softmax probabilities (rows sum to 1)."""
+        """views: N x 3 x S x S, normalised -> N x C probabilities in [0, 1]: a softmax over
+        classes (rows sum to 1) or an independent sigmoid per class."""
         if views.ndim != 4 or views.shape[1] != 3:
             raise ValueError(f"views must be N x 3 x H x W, got {tuple(views.shape)}")
         if views.shape[0] == 0:
@@ -118,8 +156,12 @@ class Teacher:
                             enabled=self.device.type == "cuda"):
             features = self.model.encode_image(views)
         features = torch.nn.functional.normalize(features.float(), dim=-1)
-        logits = self.logit_scale * features @ self.text_embeddings.T
-        return logits.softmax(dim=-1).cpu()
+        logits = self.logit_scale * features @ self.text_embeddings.T + self.logit_bias
+        if self.scoring == "sigmoid":
+            return torch.sigmoid(logits).cpu()
+        if self.scoring == "softmax":
+            return logits.softmax(dim=-1).cpu()
+        raise ValueError(f"Teacher.scoring {self.scoring!r}: expected softmax or sigmoid")
 
     def score_batched(self, views: torch.Tensor, batch_size: int) -> torch.Tensor:
         """Score many views in forward passes of at most batch_size."""

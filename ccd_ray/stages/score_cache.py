@@ -5,7 +5,7 @@ An entry is one committed stage `<output_uri>/score-cache/<kind>-<key>/` holding
 the exact boxes of its views (decoded-pixel geometry) and each view's C scores. The key is a
 hash of everything that decides those numbers:
   - the teacher's identity: model name/tag, or for a local checkpoint the SHA-256 of its
-    config and weight files (not its path), input side, logit scale;
+    config and weight files (not its path), input side, logit scale, scoring rule;
   - the classes and prompt templates (the text embeddings);
   - what generates the view geometry: the corpus, decoding limits and seed, plus for phase 1
     the random-crop count and scale, for box-guided views the classifier's SHA-256, the class
@@ -31,10 +31,11 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 
 from ccd_ray.config import CCDConfig
+from ccd_ray.io.corpus import READER_VERSION
 from ccd_ray.io.storage import RunStore, write_json
 from ccd_ray.method.teacher import LOCAL_DIR_PREFIX
 from ccd_ray.stages.actors import CamBoxer, GuidedViewScorer, InitialViewScorer
-from ccd_ray.stages.datasets import actor_pool_args, corpus_rows
+from ccd_ray.stages.datasets import actor_pool_args, by_reference, corpus_rows
 
 CACHE_FOLDER = "score-cache"
 ERRORS_SCHEMA = pa.schema([("image_id", pa.string()), ("stage", pa.string()),
@@ -51,9 +52,12 @@ def _file_digest(path: Path) -> str:
 
 
 def teacher_identity(cfg: CCDConfig) -> dict[str, Any]:
-    """What decides the teacher's numbers; a local checkpoint is named by its content."""
+    """What decides the teacher's numbers; a local checkpoint is named by its content. The
+    scoring rule and scale enter as configured: what auto and a none scale resolve to follows
+    from the weights, which the identity names."""
     tc = cfg.teacher
-    identity: dict[str, Any] = {"image_size": tc.image_size, "logit_scale": tc.logit_scale}
+    identity: dict[str, Any] = {"image_size": tc.image_size, "logit_scale": tc.logit_scale,
+                                "scoring": tc.scoring}
     if tc.model.startswith(LOCAL_DIR_PREFIX):
         folder = Path(tc.model[len(LOCAL_DIR_PREFIX):])
         identity["local_dir_files"] = {p.name: _file_digest(p)
@@ -71,7 +75,8 @@ def teacher_identity(cfg: CCDConfig) -> dict[str, Any]:
 def _common(cfg: CCDConfig) -> dict[str, Any]:
     return {"teacher": teacher_identity(cfg),
             "classes": {"names": cfg.classes.names, "prompts": cfg.classes.prompt_templates},
-            "corpus": cfg.data.corpus_uri, "seed": cfg.seed,
+            "corpus": cfg.data.corpus_uri, "corpus_format": cfg.data.corpus_format,
+            "reader": READER_VERSION, "seed": cfg.seed,
             "decode": {"max_image_side": cfg.data.max_image_side,
                        "max_image_pixels": cfg.data.max_image_pixels}}
 
@@ -171,7 +176,7 @@ def guided_view_scores(cfg: CCDConfig, classifier_bytes: bytes, threshold: float
     def rows():
         return (corpus_rows(cfg)
                 .map_batches(CamBoxer, fn_constructor_kwargs={
-                    "cfg_dict": cfg.to_dict(), "classifier_bytes": classifier_bytes,
+                    "cfg_dict": cfg.to_dict(), "classifier": by_reference(classifier_bytes),
                     "threshold": threshold, "round_index": round_index},
                     **actor_pool_args(cfg, cfg.compute.cam_actors))
                 .map_batches(GuidedViewScorer, fn_constructor_kwargs={"cfg_dict": cfg.to_dict()},
@@ -192,18 +197,21 @@ def read_pooled(fs, folder: str, num_classes: int, how: str
     errors = table.filter(bad)
     errors = pa.table({"image_id": errors.column("image_id"), "stage": errors.column("error_stage"),
                        "reason": errors.column("error")}, schema=ERRORS_SCHEMA)
-    table = table.filter(pc.invert(bad)).sort_by("image_id")
+    if len(errors):
+        table = table.filter(pc.invert(bad))
     ids = np.asarray(table.column("image_id").to_numpy(zero_copy_only=False), dtype=str)
-    views = table.column("views").to_numpy().astype(np.int64)
-    flat = table.column("view_scores").combine_chunks().values.to_numpy(zero_copy_only=False)
-    scores = flat.astype(np.float32).reshape(-1, num_classes)
     if not len(ids):
         return ids, np.zeros((0, num_classes), np.float32), errors
+    views = table.column("views").to_numpy()
+    flat = table.column("view_scores").combine_chunks().values.to_numpy(zero_copy_only=False)
+    scores = flat.astype(np.float32, copy=False).reshape(-1, num_classes)
     starts = np.r_[0, np.cumsum(views)[:-1]]
     if how == "max":
         pooled = np.maximum.reduceat(scores, starts, axis=0)
     elif how == "mean":
-        pooled = np.add.reduceat(scores, starts, axis=0) / views[:, None]
+        pooled = np.add.reduceat(scores, starts, axis=0) / views.astype(np.float32)[:, None]
     else:
         raise ValueError(f"aggregation {how!r}: expected 'max' or 'mean'")
-    return ids, pooled.astype(np.float32), errors
+    # sort the ids and the pooled rows, not the table with its per-view score lists
+    order = np.argsort(ids, kind="stable")
+    return ids[order], pooled[order], errors
