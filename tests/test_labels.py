@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -153,9 +154,10 @@ def test_smoothing_floor_and_binarize():
     s = torch.tensor([[0.01, 0.5, 0.04]])
     assert torch.equal(L.smoothing_floor(s, 0.0), s)
     torch.testing.assert_close(L.smoothing_floor(s, 0.05), torch.tensor([[0.05, 0.5, 0.05]]))
-    assert L.binarize(s, 0.5).tolist() == [[False, True, False]]
-    assert L.label_names(torch.tensor([[0.6, 0.2], [0.5, 0.9], [0.1, 0.1]]), ["cat", "dog"],
-                         0.5) == [["cat"], ["cat", "dog"], []]
+    assert L.binarize(s.numpy(), 0.5).tolist() == [[False, True, False]]
+    assert _names(np.array([[0.6, 0.2], [0.5, 0.9], [0.1, 0.1]], np.float32), ["cat", "dog"],
+                  0.5) == [["cat"], ["cat", "dog"], []]
+    assert _names(np.zeros((0, 2), np.float32), ["cat", "dog"], 0.5) == []
 
 
 def test_sample_weights():
@@ -167,3 +169,88 @@ def test_sample_weights():
     assert w.tolist() == [1.0, 0.25, 1.0]
     assert L.sample_weights(scores, 0.5, 1.0).tolist() == [1.0, 1.0, 1.0]
     assert L.sample_weights(scores, 10.0, 0.0).tolist() == [1.0, 1.0, 1.0]
+
+
+def _names(scores: np.ndarray, class_names: list[str], threshold) -> list[list[str]]:
+    offsets, classes = L.label_indices(scores, threshold)
+    return [[class_names[c] for c in classes[a:b]] for a, b in zip(offsets[:-1], offsets[1:])]
+
+
+def test_label_indices_per_class_thresholds():
+    scores = np.array([[0.6, 0.2], [0.3, 0.9], [0.25, 0.1]], np.float32)
+    # class 0 at 0.25 (inclusive), class 1 at 0.95: a per-class vector, not its first value
+    assert _names(scores, ["cat", "dog"], np.array([0.25, 0.95], np.float32)) == [
+        ["cat"], ["cat"], ["cat"]]
+    assert _names(scores, ["cat", "dog"], np.array([0.7, 0.2], np.float32)) == [
+        ["dog"], ["dog"], []]
+
+
+def test_rate_thresholds_label_as_many_images_as_the_scores_expect():
+    rng = np.random.default_rng(0)
+    scores = rng.random((200, 3)).astype(np.float32) ** np.array([1.0, 4.0, 0.25], np.float32)
+    thresholds = L.rate_thresholds(scores)
+    expected = np.rint(scores.sum(axis=0))
+    # continuous scores have no ties: exactly round(sum) images per class reach the threshold
+    np.testing.assert_array_equal((scores >= thresholds).sum(axis=0), expected)
+    # scores u**p (u uniform) have mean 1/(p+1), and u**p >= t for a fraction 1 - t**(1/p):
+    # the threshold giving that fraction is (p / (p+1))**p
+    p = np.array([1.0, 4.0, 0.25])
+    np.testing.assert_allclose(thresholds, (p / (p + 1)) ** p, atol=0.05)
+    # hand example: class 0 sums to 1.6 -> 2 images (0.8, 0.5); class 1 sums to 0.3 -> at
+    # least 1 image (its best, 0.2): a configured class is assumed to occur
+    small = np.array([[0.8, 0.1], [0.5, 0.2], [0.3, 0.0]], np.float32)
+    np.testing.assert_array_equal(L.rate_thresholds(small), np.array([0.5, 0.2], np.float32))
+    with pytest.raises(ValueError, match="at least one image"):
+        L.rate_thresholds(np.zeros((0, 2), np.float32))
+
+
+def test_otsu_thresholds_split_each_class_between_its_own_modes():
+    rng = np.random.default_rng(1)
+
+    def two_modes(low, high, n_low, n_high):
+        return np.r_[rng.normal(low, 0.02, n_low), rng.normal(high, 0.02, n_high)]
+
+    # class 0: absent ~0.05, present ~0.30 (an under-confident class, below any fixed 0.5);
+    # class 1: absent ~0.55, present ~0.95 (an over-confident one, above it when absent)
+    scores = np.stack([two_modes(0.05, 0.30, 150, 50),
+                       two_modes(0.55, 0.95, 120, 80)], axis=1).clip(0, 1).astype(np.float32)
+    thresholds = L.otsu_thresholds(scores)
+    assert 0.12 < thresholds[0] < 0.24
+    assert 0.63 < thresholds[1] < 0.88
+    truth = np.r_[np.zeros(150), np.ones(50)].astype(bool), \
+        np.r_[np.zeros(120), np.ones(80)].astype(bool)
+    for c in range(2):
+        np.testing.assert_array_equal(scores[:, c] >= thresholds[c], truth[c])
+    # every score in one bin: nothing to split, the bin's upper edge
+    one_bin = np.full((5, 1), 0.301, np.float32)
+    assert L.otsu_thresholds(one_bin)[0] == pytest.approx(78 / 256)  # 0.301 is in bin 77
+
+
+def test_class_thresholds_dispatch():
+    scores = np.array([[0.8, 0.1], [0.5, 0.2], [0.3, 0.0]], np.float32)
+    np.testing.assert_array_equal(L.class_thresholds(scores, "fixed", 0.4),
+                                  np.array([0.4, 0.4], np.float32))
+    np.testing.assert_array_equal(L.class_thresholds(scores, "rate", 0.4),
+                                  L.rate_thresholds(scores))
+    np.testing.assert_array_equal(L.class_thresholds(scores, "otsu", 0.4),
+                                  L.otsu_thresholds(scores))
+    with pytest.raises(ValueError, match="threshold rule 'median'"):
+        L.class_thresholds(scores, "median", 0.4)
+
+
+def test_final_label_scores_sources():
+    pseudo = np.array([[0.9, 0.1], [0.2, 0.6]], np.float32)
+    classifier = np.array([[0.5, 0.3], [0.4, 1.0]], np.float32)
+    np.testing.assert_array_equal(L.final_label_scores("pseudo", pseudo, classifier, 0.4), pseudo)
+    np.testing.assert_array_equal(L.final_label_scores("classifier", pseudo, classifier, 0.4),
+                                  classifier)
+    # alpha weighs the pseudo-labels, 1 - alpha the classifier
+    np.testing.assert_allclose(L.final_label_scores("fusion", pseudo, classifier, 0.4),
+                               [[0.66, 0.22], [0.32, 0.84]], rtol=1e-6)
+    np.testing.assert_array_equal(L.final_label_scores("fusion", pseudo, classifier, 1.0), pseudo)
+    out = L.final_label_scores("pseudo", pseudo, classifier, 0.4)
+    assert out.dtype == np.float32 and not np.shares_memory(out, pseudo)
+    with pytest.raises(ValueError, match="aligned"):
+        L.final_label_scores("fusion", pseudo, classifier[:1], 0.4)
+    with pytest.raises(ValueError, match="final source 'teacher'"):
+        L.final_label_scores("teacher", pseudo, classifier, 0.4)

@@ -14,6 +14,7 @@ from ccd_ray.method.metrics import (
     f1_scores,
     mean_average_precision,
     per_class_ap,
+    score_rows,
 )
 
 
@@ -139,3 +140,30 @@ def test_f1_scores_asymmetric_and_edge_cases():
         empty = f1_scores(np.zeros((3, 2)), np.zeros((3, 2)), 0.5)
     assert all(v == 0.0 for v in empty.values())
 
+
+
+def test_f1_scores_per_class_thresholds():
+    scores = np.array([[0.30, 0.90], [0.20, 0.70], [0.05, 0.95]])
+    targets = np.array([[1, 1], [1, 0], [0, 1]])
+    # class 0 at 0.1: predicts rows 0, 1 (tp 2); class 1 at 0.8: rows 0, 2 (tp 2): all right
+    out = f1_scores(scores, targets, np.array([0.1, 0.8]))
+    assert out["CF1"] == pytest.approx(1.0) and out["OF1"] == pytest.approx(1.0)
+    # the same vector reversed is not the same rule: class 0 at 0.8 predicts nothing
+    swapped = f1_scores(scores, targets, np.array([0.8, 0.1]))
+    assert swapped["CP"] == pytest.approx((0 + 2 / 3) / 2)
+    # one number is every class at that number
+    assert f1_scores(scores, targets, 0.5) == f1_scores(scores, targets, np.array([0.5, 0.5]))
+
+
+def test_score_rows_keeps_only_rows_with_truth():
+    ids = np.array(["a", "b", "c", "d"])
+    scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.6], [0.1, 0.1]])
+    truth = {"a": ["cat"], "b": ["dog"], "d": ["cat", "bird"], "z": ["dog"]}
+    out = score_rows(ids, scores, truth, ["cat", "dog"], 0.5)
+    assert out["images"] == 3  # c has no truth, z no scores; 'bird' is not a configured class
+    kept = scores[[0, 1, 3]]
+    targets = np.array([[1, 0], [0, 1], [1, 0]])
+    assert out["mAP"] == pytest.approx(100 * mean_average_precision(kept, targets))
+    assert out["CF1"] == pytest.approx(100 * f1_scores(kept, targets, 0.5)["CF1"])
+    assert set(out["per_class_AP"]) == {"cat", "dog"}
+    assert score_rows(ids, scores, {"z": ["dog"]}, ["cat", "dog"], 0.5) is None

@@ -95,10 +95,15 @@ def pretrain_backbone(spec: BackboneSpec, log=print) -> tuple[torch.nn.Module, f
     return model, correct / total
 
 
+def backbone_file(cache_dir: str | Path, spec: BackboneSpec) -> Path:
+    """Where the backbone of this spec is cached (whether or not it exists yet)."""
+    return Path(cache_dir).resolve() / f"synth-backbone-{spec.key()}.pt"
+
+
 def pretrained_backbone(cache_dir: str | Path, spec: BackboneSpec = BackboneSpec(),
                         log=print) -> str:
     """The path of the pretrained backbone's state dict, trained on first use and cached."""
-    path = Path(cache_dir).resolve() / f"synth-backbone-{spec.key()}.pt"
+    path = backbone_file(cache_dir, spec)
     if not path.is_file():
         log(f"[backbone pretraining] no cached backbone at {path}: training one "
             f"({spec.steps} steps, a few CPU minutes, once)")

@@ -50,8 +50,10 @@ def mean_average_precision(scores: np.ndarray, targets: np.ndarray,
     return float(np.nanmean(aps)) if np.isfinite(aps).any() else float("nan")
 
 
-def f1_scores(scores: np.ndarray, targets: np.ndarray, threshold: float) -> dict[str, float]:
-    """Per-class (C*) and overall (O*) precision, recall and F1 of predictions >= threshold.
+def f1_scores(scores: np.ndarray, targets: np.ndarray, threshold: float | np.ndarray
+              ) -> dict[str, float]:
+    """Per-class (C*) and overall (O*) precision, recall and F1 of predictions >= threshold
+    (one number, or C per-class thresholds).
     A class with no predictions has precision 0; with no positives, recall 0."""
     predicted = np.asarray(scores) >= threshold
     truth = np.asarray(targets).astype(bool)
@@ -112,16 +114,20 @@ def truth_matrix(truth: dict[str, list[str]], ids: list[str], class_names: list[
     return matrix
 
 
-def score_predictions(predictions: dict[str, np.ndarray], truth: dict[str, list[str]],
-                      class_names: list[str], threshold: float) -> dict[str, Any] | None:
-    """mAP, per-class AP and CF1/OF1 over the images that have both a prediction and truth."""
-    ids = sorted(set(predictions) & set(truth))
-    if not ids:
+def score_rows(ids: np.ndarray, scores: np.ndarray, truth: dict[str, list[str]],
+               class_names: list[str], threshold: float | np.ndarray) -> dict[str, Any] | None:
+    """mAP, per-class AP and CF1/OF1 of the rows of an N x C score matrix (row i: image
+    ids[i]) whose image has truth; threshold is one number or one per class."""
+    ids = np.asarray(ids)
+    keep = np.fromiter((str(i) in truth for i in ids), dtype=bool, count=len(ids))
+    if not keep.any():
         return None
-    scores = np.stack([predictions[i] for i in ids])
-    targets = truth_matrix(truth, ids, class_names)
+    kept_ids = [str(i) for i in ids[keep]]
+    scores = np.asarray(scores)[keep]
+    targets = truth_matrix(truth, kept_ids, class_names)
     aps = per_class_ap(scores, targets)
-    return {"images": len(ids), "mAP": 100 * mean_average_precision(scores, targets),
+    return {"images": len(kept_ids), "mAP": 100 * mean_average_precision(scores, targets),
             "per_class_AP": {n: (None if np.isnan(a) else 100 * float(a))
                              for n, a in zip(class_names, aps)},
             **{k: 100 * v for k, v in f1_scores(scores, targets, threshold).items()}}
+

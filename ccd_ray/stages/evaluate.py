@@ -1,69 +1,170 @@
-"""Evaluate a run where ground truth exists: each round's pseudo-labels and the classifier on
-the held-out split; then write the final classifier, metrics.json and the report."""
+"""The final stage: the final labels of every image (labels.final_source), then, where ground
+truth exists, each round's pseudo-labels, the final labels and the classifier on the held-out
+split scored; the final classifier, metrics.json and the report."""
 
 from __future__ import annotations
 
 import posixpath
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import ray
 
 from ccd_ray.config import CCDConfig
 from ccd_ray.io.corpus import corpus_truth
-from ccd_ray.io.storage import RunStore, write_bytes, write_json
-from ccd_ray.method.metrics import score_predictions
+from ccd_ray.io.storage import RunStore, read_json, write_bytes, write_json
+from ccd_ray.method import labels as label_ops
+from ccd_ray.method.export import STANDALONE_FILE, export_standalone
+from ccd_ray.method.metrics import score_rows
 from ccd_ray.method.schedule import is_holdout
 from ccd_ray.stages import labeling
 from ccd_ray.stages.actors import InputsPredictor
-from ccd_ray.stages.datasets import actor_pool_args
+from ccd_ray.stages.datasets import actor_pool_args, by_reference
 from ccd_ray.stages.report import write_report
 
 FINAL_STAGE = "final"
 
 
-def predict_inputs(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes, holdout: bool
-                   ) -> dict[str, np.ndarray]:
-    """image_id -> classifier probabilities over the held-out (or the training) inputs."""
+@dataclass
+class ClassifierScores:
+    """The classifier's probabilities over every training input, rows in sorted id order."""
+    ids: np.ndarray       # N image ids, sorted
+    probs: np.ndarray     # N x C float32
+    holdout: np.ndarray   # N bool: held out of training
+
+
+@dataclass
+class FinalLabels:
+    ids: np.ndarray         # N image ids, sorted
+    scores: np.ndarray      # N x C float32
+    thresholds: np.ndarray  # C: where a score becomes a label
+
+
+def classifier_scores(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes
+                      ) -> ClassifierScores:
+    """The classifier over every training input, in one Ray Data pass. The classifier reaches
+    the actors through the object store (see InputsPredictor); the result is read from Arrow
+    blocks without a Python object per row (the driver holds the N x C matrix, as the round
+    loop does)."""
     inputs = ray.data.read_parquet(store.committed("train-inputs"), filesystem=store.fs)
-    rows = inputs.filter(lambda row: row["holdout"] == holdout).map_batches(
+    rows = inputs.map_batches(
         InputsPredictor, fn_constructor_kwargs={"cfg_dict": cfg.to_dict(),
-                                                "classifier_bytes": classifier_bytes},
+                                                "classifier": by_reference(classifier_bytes)},
         **actor_pool_args(cfg, cfg.compute.cam_actors))
-    return {r["image_id"]: np.asarray(r["probs"], dtype=np.float32) for r in rows.take_all()}
+    blocks = [b for b in ray.get(rows.to_arrow_refs()) if b.num_rows]
+    if not blocks:
+        return ClassifierScores(np.zeros(0, str), np.zeros((0, len(cfg.classes.names)),
+                                                           np.float32), np.zeros(0, bool))
+    table = pa.concat_tables(blocks)
+    ids = np.asarray(table.column("image_id").to_numpy(zero_copy_only=False), dtype=str)
+    probs = table.column("probs").combine_chunks().values.to_numpy().reshape(len(ids), -1)
+    holdout = table.column("holdout").to_numpy(zero_copy_only=False).astype(bool)
+    order = np.argsort(ids, kind="stable")
+    return ClassifierScores(ids[order], probs[order].astype(np.float32, copy=False),
+                            holdout[order])
 
 
-def evaluate_run(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes) -> dict[str, Any]:
-    truth = corpus_truth(cfg)
-    names, threshold = cfg.classes.names, cfg.labels.threshold
-    metrics: dict[str, Any] = {"ground_truth_images": len(truth), "rounds": []}
+def training_probs(classifier: ClassifierScores) -> np.ndarray:
+    """The classifier's probabilities over the training split (not the held-out one)."""
+    return classifier.probs[~classifier.holdout]
+
+
+def classifier_thresholds(cfg: CCDConfig, classifier: ClassifierScores) -> np.ndarray:
+    """The classifier's per-class thresholds (labels.threshold_rule) from its probabilities
+    over the training split only, so the held-out scores it is evaluated on do not set them."""
+    return label_ops.class_thresholds(training_probs(classifier), cfg.labels.threshold_rule,
+                                      cfg.labels.threshold)
+
+
+def final_labels(cfg: CCDConfig, store: RunStore, classifier: ClassifierScores) -> FinalLabels:
+    """Every image the last round labeled, scored by labels.final_source and thresholded by
+    labels.threshold_rule (from the final scores themselves)."""
+    ids, pseudo = labeling.read_labels(store, cfg.relabel.rounds)
+    rows, found = label_ops.find_rows(ids, classifier.ids)
+    if not found.all():
+        raise RuntimeError(f"final labels: {int((~found).sum())} image(s) of the last round's "
+                           f"labels have no training input to classify, e.g. {ids[~found][0]!r}")
+    scores = label_ops.final_label_scores(cfg.labels.final_source, pseudo,
+                                          classifier.probs[rows], cfg.labels.alpha)
+    return FinalLabels(ids, scores, label_ops.class_thresholds(
+        scores, cfg.labels.threshold_rule, cfg.labels.threshold))
+
+
+def write_final_labels(cfg: CCDConfig, store: RunStore, folder: str, final: FinalLabels
+                       ) -> None:
+    """labels/*.parquet (the rounds' schema), the last round's errors.parquet, summary.json."""
+    labeling.write_parquet_rows(store.fs, posixpath.join(folder, "labels"), labeling.labels_table(
+        final.ids, final.scores, cfg.classes.names, final.thresholds))
+    last_round = store.committed(labeling.labels_stage(cfg.relabel.rounds))
+    store.fs.copy_file(posixpath.join(last_round, "errors.parquet"),
+                       posixpath.join(folder, "errors.parquet"))
+    round_summary = read_json(store.fs, posixpath.join(last_round, "summary.json"))
+    positives = final.scores >= final.thresholds
+    write_json(store.fs, posixpath.join(folder, "summary.json"), {
+        "source": cfg.labels.final_source, "threshold_rule": cfg.labels.threshold_rule,
+        "thresholds": dict(zip(cfg.classes.names, final.thresholds.tolist())),
+        "images": round_summary["images"], "labeled": len(final.ids),
+        "errors": round_summary["errors"], "errors_by_reason": round_summary["errors_by_reason"],
+        "labels_per_image": float(positives.sum(axis=1).mean()) if len(final.ids) else 0.0})
+
+
+def _scored(ids: np.ndarray, scores: np.ndarray, truth: dict[str, list[str]], cfg: CCDConfig,
+            thresholds: np.ndarray | None = None) -> dict[str, Any] | None:
+    """score_rows at thresholds (default: labels.threshold_rule over these scores' own rows)."""
+    if thresholds is None:
+        thresholds = label_ops.class_thresholds(scores, cfg.labels.threshold_rule,
+                                                cfg.labels.threshold)
+    return score_rows(ids, scores, truth, cfg.classes.names, thresholds)
+
+
+def evaluate_run(cfg: CCDConfig, store: RunStore, truth: dict[str, list[str]],
+                 classifier: ClassifierScores, final: FinalLabels) -> dict[str, Any]:
+    """Every score matrix of the run against the truth, each thresholded by
+    labels.threshold_rule from its own scores (the classifier's from its training split)."""
+    metrics: dict[str, Any] = {
+        "ground_truth_images": len(truth), "rounds": [],
+        "final_source": cfg.labels.final_source, "threshold_rule": cfg.labels.threshold_rule,
+        "thresholds": {"final_labels": dict(zip(cfg.classes.names, final.thresholds.tolist())),
+                       "classifier": dict(zip(cfg.classes.names,
+                                              classifier_thresholds(cfg, classifier).tolist()))}}
     if not truth:
         return metrics
-    # pseudo-labels are scored on the training split, the classifier on the held-out one
+    # labels are scored on the training split, the classifier on the held-out one
     held_out = {i for i in truth if is_holdout(i, cfg.train.holdout_fraction, cfg.seed)}
     train_truth = {i: v for i, v in truth.items() if i not in held_out}
     holdout_truth = {i: v for i, v in truth.items() if i in held_out}
-    initial = dict(zip(*labeling.read_raw(cfg, store, 0)[:2]))
-    metrics["teacher_before_debias"] = score_predictions(initial, train_truth, names, threshold)
-    metrics["teacher_holdout"] = score_predictions(initial, holdout_truth, names, threshold)
+    ids, raw, _ = labeling.read_raw(cfg, store, 0)
+    metrics["teacher_before_debias"] = _scored(ids, raw, train_truth, cfg)
+    metrics["teacher_holdout"] = _scored(ids, raw, holdout_truth, cfg)
     for round_index in range(cfg.relabel.rounds + 1):
-        labels = dict(zip(*labeling.read_labels(store, round_index)))
-        metrics["rounds"].append({"round": round_index, **(score_predictions(
-            labels, train_truth, names, threshold) or {})})
-    holdout = predict_inputs(cfg, store, classifier_bytes, holdout=True)
-    metrics["classifier_holdout"] = score_predictions(holdout, truth, names, threshold)
+        ids, labels = labeling.read_labels(store, round_index)
+        metrics["rounds"].append({"round": round_index,
+                                  **(_scored(ids, labels, train_truth, cfg) or {})})
+    metrics["final_labels"] = _scored(final.ids, final.scores, train_truth, cfg, final.thresholds)
+    holdout = classifier.holdout
+    metrics["classifier_holdout"] = _scored(
+        classifier.ids[holdout], classifier.probs[holdout], truth, cfg,
+        np.asarray(list(metrics["thresholds"]["classifier"].values()), np.float32))
     return metrics
 
 
 def finish_run(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes, inputs_path: str
                ) -> str:
-    """The final stage: classifier.pt, metrics.json, report.md and its plots, committed."""
+    """The final stage: classifier.pt, the final labels (labels/, errors.parquet,
+    summary.json), metrics.json, report.md and its plots, committed."""
     if store.committed(FINAL_STAGE) is not None:
         return store.committed(FINAL_STAGE)
     attempt = store.begin(FINAL_STAGE)
     write_bytes(store.fs, posixpath.join(attempt, "classifier.pt"), classifier_bytes)
-    metrics = evaluate_run(cfg, store, classifier_bytes)
+    write_bytes(store.fs, f"{attempt}/{STANDALONE_FILE}", export_standalone(classifier_bytes))
+    classifier = classifier_scores(cfg, store, classifier_bytes)
+    final = final_labels(cfg, store, classifier)
+    write_final_labels(cfg, store, attempt, final)
+    truth = corpus_truth(cfg)
+    metrics = evaluate_run(cfg, store, truth, classifier, final)
     write_json(store.fs, posixpath.join(attempt, "metrics.json"), metrics)
-    write_report(cfg, store, attempt, metrics, classifier_bytes, inputs_path)
+    write_report(cfg, store, attempt, metrics, classifier_bytes, inputs_path, truth)
     store.commit(FINAL_STAGE, attempt)
     return attempt

@@ -19,7 +19,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-import torch
 
 from ccd_ray.config import CCDConfig
 from ccd_ray.io.storage import RunStore, write_json
@@ -114,13 +113,16 @@ def write_parquet_rows(fs, folder: str, table: pa.Table, rows_per_file: int = 20
 
 def labels_table(ids: np.ndarray, scores: np.ndarray, class_names: list[str], threshold: float
                  ) -> pa.Table:
+    """Rows (image_id, scores, labels) built column-wise: no Python object per row."""
     flat = pa.array(scores.astype(np.float32).ravel())
     offsets = pa.array(np.arange(0, scores.size + 1, max(scores.shape[1], 1), dtype=np.int32)
                        if len(ids) else np.zeros(1, np.int32))
+    label_offsets, classes = label_ops.label_indices(scores, threshold)
+    names = pa.array(class_names, pa.string()).take(pa.array(classes, pa.int64()))
     return pa.Table.from_arrays([
         pa.array(ids, pa.string()), pa.ListArray.from_arrays(offsets, flat),
-        pa.array(label_ops.label_names(torch.from_numpy(scores), class_names, threshold),
-                 pa.list_(pa.string()))], schema=LABELS_SCHEMA)
+        pa.ListArray.from_arrays(pa.array(label_offsets.astype(np.int32)), names)],
+        schema=LABELS_SCHEMA)
 
 
 def commit_labels(cfg: CCDConfig, store: RunStore, round_index: int, ids: np.ndarray,
