@@ -134,7 +134,7 @@ def test_cam_boxer_then_guided_scorer(cfg, batch, expected, monkeypatch):
     model, checkpoint = make_classifier(list(cfg.classes.names), seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        boxer = CamBoxer(cfg.to_dict(), checkpoint, 0.5, 1)
+        boxer = CamBoxer(cfg.to_dict(), lambda: checkpoint, 0.5, 1)
         scorer = GuidedViewScorer(cfg.to_dict())
     boxed = boxer(batch)
     assert boxed.schema.equals(BOXES_SCHEMA) and "image" not in boxed.column_names
@@ -169,4 +169,4 @@ def test_cam_boxer_then_guided_scorer(cfg, batch, expected, monkeypatch):
 
 def test_cam_boxer_rejects_a_corrupt_checkpoint(cfg):
     with pytest.raises(Exception, match="(?i)unpickl|load|checkpoint"):
-        CamBoxer(cfg.to_dict(), b"not a checkpoint", 0.5, 1)
+        CamBoxer(cfg.to_dict(), lambda: b"not a checkpoint", 0.5, 1)

@@ -11,6 +11,7 @@ with `error` and `error_stage` set and no scores, so a bad image never fails a b
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -118,11 +119,11 @@ class CamBoxer(_DecodingStage):
     """Phase 2, classifier half: the views around the CAM boxes of the selected classes, with
     the decoded pixels, so the teacher's pool does not decode the image again."""
 
-    def __init__(self, cfg_dict: dict, classifier_bytes: bytes, threshold: float,
+    def __init__(self, cfg_dict: dict, classifier: Callable[[], bytes], threshold: float,
                  round_index: int):
         super().__init__(cfg_dict)
         self.device = pick_device(self.cfg)
-        self.model, _, _ = load_classifier(io.BytesIO(classifier_bytes), self.device)
+        self.model, _, _ = load_classifier(io.BytesIO(classifier()), self.device)
         self.threshold = threshold
         self.round_index = round_index
 
@@ -156,12 +157,16 @@ class GuidedViewScorer(_TeacherStage):
 
 
 class InputsPredictor:
-    """Classifier probabilities of stored training inputs (uint8, already resized)."""
+    """Classifier probabilities of stored training inputs (uint8, already resized).
 
-    def __init__(self, cfg_dict: dict, classifier_bytes: bytes):
+    classifier: returns the classifier.pt bytes, called once in the actor (as in CamBoxer:
+    the stages pass stages.datasets.by_reference, so the bytes travel through the object store,
+    not inside the map function)."""
+
+    def __init__(self, cfg_dict: dict, classifier: Callable[[], bytes]):
         cfg = config_from_dict(cfg_dict)
         self.device = pick_device(cfg)
-        self.model, _, self.image_size = load_classifier(io.BytesIO(classifier_bytes), self.device)
+        self.model, _, self.image_size = load_classifier(io.BytesIO(classifier()), self.device)
 
     @torch.no_grad()
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -170,5 +175,8 @@ class InputsPredictor:
                            for p in batch.column("pixels").to_pylist()])
         logits, _ = self.model(normalise(torch.from_numpy(pixels).to(self.device)))
         probs = torch.sigmoid(logits).float().cpu().numpy()
+        flat = pa.array(probs.ravel())
+        offsets = pa.array(np.arange(0, probs.size + 1, probs.shape[1], dtype=np.int32))
         return pa.table({"image_id": batch.column("image_id"),
-                         "probs": pa.array(probs.tolist(), pa.list_(pa.float32()))})
+                         "probs": pa.ListArray.from_arrays(offsets, flat),
+                         "holdout": batch.column("holdout")})
