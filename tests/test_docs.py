@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 PAGES = ["configuration.md", "outputs.md", "method.md", "sweeps.md", "cluster.md",
-         "architecture.md", "benchmarks.md"]
+         "architecture.md", "benchmarks.md", "corpora.md", "errors.md", "predict.md"]
 RESEARCH_README = ROOT / "research" / "README.md"
 README_MAX_LINES = 220
 
