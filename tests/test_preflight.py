@@ -267,7 +267,7 @@ def test_the_checks_import_neither_ray_nor_torch():
 # A teacher actor's death as Ray reports it (abridged from a run with a corrupt weights file).
 ACTOR_DEATH = """The actor died because of an error raised in its creation task, \
 ray::MapWorker(MapBatches(InitialViewScorer)).__init__() (pid=31601, ip=192.0.2.2)
-  File "/work/main/ccd_ray/stages/actors.py", line 84, in __init__
+  File "ccd_ray/stages/actors.py", line 84, in __init__
     self.teacher = Teacher.from_config(self.cfg.teacher, self.cfg.classes,
 safetensors._safetensors_rust.SafetensorError: Error while deserializing header: header too large
 """
