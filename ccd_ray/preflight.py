@@ -161,8 +161,7 @@ def check_corpus(cfg: CCDConfig) -> str:
     except ValueError as exc:  # e.g. a layout the reader refuses; ConfigError names its key
         line = str(exc) if str(exc).startswith("data.") else f"{key}: {_reason(exc)}"
         raise JobError(EXIT_CORPUS, line) from None
-    files = sum(len(task) for task in layout.tasks)
-    return f"corpus {uri}: {files} file(s), format {layout.kind}"
+    return f"corpus {uri}: {layout.file_count} file(s), format {layout.kind}"
 
 
 def teacher_files_problem(cfg: TeacherConfig) -> str | None:

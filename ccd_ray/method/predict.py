@@ -9,10 +9,7 @@ import json
 import posixpath
 from dataclasses import dataclass, field
 
-
-def reason_key(error: str) -> str:
-    """The group of an error reason in errors_by_reason: the text before its first colon."""
-    return error.split(":")[0]
+from ccd_ray.io.decode import reason_key
 
 
 def shards_digest(root: str, tasks: list[list[str]]) -> str:

@@ -32,6 +32,7 @@ import pyarrow.dataset as pads
 
 from ccd_ray.config import CCDConfig
 from ccd_ray.io.corpus import READER_VERSION
+from ccd_ray.io.decode import reason_key
 from ccd_ray.io.storage import RunStore, write_json
 from ccd_ray.method.teacher import LOCAL_DIR_PREFIX
 from ccd_ray.stages.actors import CamBoxer, GuidedViewScorer, InitialViewScorer
@@ -120,7 +121,7 @@ def _counts(table: pa.Table) -> dict[str, Any]:
     errors = pc.drop_null(table.column("error")).to_pylist()
     reasons: dict[str, int] = {}
     for e in errors:
-        reasons[e.split(":")[0]] = reasons.get(e.split(":")[0], 0) + 1
+        reasons[reason_key(e)] = reasons.get(reason_key(e), 0) + 1
     return {"images": table.num_rows, "errors": len(errors),
             "labeled": table.num_rows - len(errors), "errors_by_reason": reasons,
             "teacher_passes": int(pc.sum(table.column("teacher_passes")).as_py() or 0)}
