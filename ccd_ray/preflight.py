@@ -148,7 +148,8 @@ def _nearest_existing(fs: pafs.FileSystem, path: str, key: str) -> str:
 
 
 def check_corpus(cfg: CCDConfig) -> str:
-    """The corpus exists and holds something to read; says how many files of which format."""
+    """The corpus exists and holds something to read; says which format (and how it was
+    chosen), how many files will be read and how many not."""
     key, uri = "data.corpus_uri", cfg.data.corpus_uri
     try:
         _, layout = corpus_layout(cfg)  # as the job will find it
@@ -161,7 +162,7 @@ def check_corpus(cfg: CCDConfig) -> str:
     except ValueError as exc:  # e.g. a layout the reader refuses; ConfigError names its key
         line = str(exc) if str(exc).startswith("data.") else f"{key}: {_reason(exc)}"
         raise JobError(EXIT_CORPUS, line) from None
-    return f"corpus {uri}: {layout.file_count} file(s), format {layout.kind}"
+    return f"corpus {uri}: {layout.found}"
 
 
 def teacher_files_problem(cfg: TeacherConfig) -> str | None:

@@ -195,7 +195,7 @@ def test_detection_picks_the_format_the_files_show_and_refuses_a_mix(tmp_path):
     assert discover(FS, str(tmp_path), 64).found.startswith("images (detected): 1 files")
     _write_tar(tmp_path / "b.tar", {"k.png": _png(2)})
     layout = discover(FS, str(tmp_path), 64)
-    assert layout.kind == "webdataset" and layout.file_count == 1
+    assert layout.kind == "webdataset" and layout.tasks == [[str(tmp_path / "b.tar")]]
     assert layout.found == ("webdataset (detected): 1 .tar shards; 0 img2dataset sidecar "
                             "files and 1 other files not read")
     pq.write_table(pa.table({"image_id": ["a"], "image": [_png(1)]}), tmp_path / "c.parquet")

@@ -155,6 +155,15 @@ def test_f1_scores_per_class_thresholds():
     assert f1_scores(scores, targets, 0.5) == f1_scores(scores, targets, np.array([0.5, 0.5]))
 
 
+def test_f1_scores_count_the_labels_a_run_writes_at_float32_edges():
+    # float32(0.7) < 0.7: a float32 score equal to the float32 threshold is a written label
+    # (labels.binarize compares in the scores' dtype), so the metric must count it as one
+    scores = np.array([[np.float32(0.7)], [np.float32(0.2)]], np.float32)
+    truth = np.array([[1], [0]])
+    result = f1_scores(scores, truth, 0.7)
+    assert result["CR"] == 1.0 and result["CP"] == 1.0
+
+
 def test_score_rows_keeps_only_rows_with_truth():
     ids = np.array(["a", "b", "c", "d"])
     scores = np.array([[0.9, 0.1], [0.2, 0.8], [0.7, 0.6], [0.1, 0.1]])

@@ -159,7 +159,8 @@ def test_s3_output_probe_leaves_nothing_and_a_missing_bucket_fails(config, s3_se
 # --- the corpus ---
 
 def test_the_corpus_check_says_what_it_found(config):
-    assert preflight.check_corpus(config()).endswith(": 3 file(s), format images")
+    assert preflight.check_corpus(config()).endswith(
+        ": images (detected): 3 files, 0 without an image suffix; 0 metadata files not read")
 
 
 def test_a_missing_or_empty_corpus_fails(config, tmp_path):

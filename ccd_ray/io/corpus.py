@@ -56,10 +56,6 @@ class CorpusLayout:
     tasks: list[list[str]]  # files read by each read task
     found: str = ""         # one line: the format, how it was chosen, what was (not) read
 
-    @property
-    def file_count(self) -> int:
-        return sum(len(files) for files in self.tasks)
-
     def without_tasks(self) -> CorpusLayout:
         """What a read task needs besides its own files: the format and the root, not every
         other task's file list (which would be shipped to each task)."""

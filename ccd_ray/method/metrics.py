@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ccd_ray.method.labels import binarize
+
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
     """AP of one class: sum over distinct score thresholds of (recall step) x precision,
@@ -54,8 +56,9 @@ def f1_scores(scores: np.ndarray, targets: np.ndarray, threshold: float | np.nda
               ) -> dict[str, float]:
     """Per-class (C*) and overall (O*) precision, recall and F1 of predictions >= threshold
     (one number, or C per-class thresholds).
-    A class with no predictions has precision 0; with no positives, recall 0."""
-    predicted = np.asarray(scores) >= threshold
+    A class with no predictions has precision 0; with no positives, recall 0. The predictions
+    are labels.binarize's, so a metric counts exactly the labels a run writes."""
+    predicted = binarize(scores, threshold)
     truth = np.asarray(targets).astype(bool)
     tp = (predicted & truth).sum(axis=0).astype(np.float64)
     n_pred, n_true = predicted.sum(axis=0), truth.sum(axis=0)
