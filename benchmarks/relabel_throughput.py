@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"
 
     import numpy as np
+    import pyarrow.dataset as pads
     import pyarrow.fs as pafs
     import pyarrow.parquet as pq
     import ray
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from ccd_ray.method.scoring import initial_scores
     from ccd_ray.method.teacher import Teacher, load_clip, save_local_dir
     from ccd_ray.method.views import crop_views, initial_boxes
-    from ccd_ray.stages import labeling
+    from ccd_ray.stages import labeling, score_cache
 
     data_context = ray.data.DataContext.get_current()
     saved_progress_bars = data_context.enable_progress_bars
@@ -377,7 +378,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         full = pipeline(cfg)
 
         out_ids, out_scores, out_errors = labeling.read_raw(full["cfg"], full["store"], 0)
-        views_table = pq.read_table(full["folder"], filesystem=fs, columns=["views"])
+        views_table = pads.dataset(score_cache.entry_files(fs, full["folder"]), filesystem=fs,
+                                   format="parquet").to_table(columns=["views"])
         pipeline_views = int(sum(views_table.column("views").to_pylist()))
         if out_errors.num_rows or len(out_ids) != n_full:
             raise RuntimeError(f"pipeline labeled {len(out_ids)} of {n_full} images, "

@@ -232,15 +232,18 @@ def bytes_by_stage(output: Path, run_id: str) -> dict[str, int]:
         # storage with the checkpoints, the run's config)
         inside = path.relative_to(run) if path.is_relative_to(run) else path.relative_to(output)
         stage = f"(no stage) {inside.parts[0]}"
-        for parent in path.parents:
-            if parent == output:
-                break
-            if (parent / MARKER).is_file():
-                if parent.parent.name == "score-cache":
-                    stage = entry_stage.get(parent.name, f"score-cache/{parent.name}")
-                elif parent.is_relative_to(run):
-                    stage = parent.relative_to(run).as_posix()
-                break
+        if inside.parts[0] == "score-cache" and len(inside.parts) > 2:
+            # an entry's files (its shards' stages and its own commit): the raw stage's bytes
+            entry = inside.parts[1]
+            stage = entry_stage.get(entry, f"score-cache/{entry}")
+        else:
+            for parent in path.parents:
+                if parent == output:
+                    break
+                if (parent / MARKER).is_file():
+                    if parent.is_relative_to(run):
+                        stage = parent.relative_to(run).as_posix()
+                    break
         totals[stage] = totals.get(stage, 0) + path.stat().st_size
     return totals
 

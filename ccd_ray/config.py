@@ -126,6 +126,13 @@ class TrainConfig:
     backbone_weights: str | None = _knob(None, help="none, 'imagenet' (torchvision, online) "
                                          "or a local state-dict file")
     image_size: int = _knob(224, low=16, high=2048, help="student input side (authors: 448)")
+    inputs_encoding: str = _knob("jpeg", choices=("jpeg", "png"),
+                                 help="how the resized training inputs are stored (the "
+                                 "train-inputs stage); png: lossless, 2.5-3x jpeg's bytes "
+                                 "and slower to encode and decode (docs/benchmarks.md)")
+    inputs_quality: int = _knob(95, low=1, high=100,
+                                help="JPEG quality of the stored training inputs (95: "
+                                "img2dataset's default); png ignores it")
     epochs: int = _knob(10, low=1, high=1000, help="total epochs over all rounds")
     warmup_epochs: int = _knob(2, low=0, high=1000, help="epochs before the first relabel; "
                                "the consistency loss is off until then")

@@ -66,6 +66,7 @@ from ccd_ray.demo.pretrain_backbone import pretrained_backbone
 from ccd_ray.demo.pretrain_teacher import pretrained_teacher
 from ccd_ray.demo.scenes import CLASS_NAMES, make_scenes
 from ccd_ray.io.corpus import corpus_truth
+from ccd_ray.io.inputs_codec import decode_inputs, round_trip
 from ccd_ray.io.storage import RunStore
 from ccd_ray.method import labels as label_ops
 from ccd_ray.method.cam import select_classes
@@ -151,12 +152,12 @@ def export(args, out: Path, bundle: Path) -> None:
     rows = pads.dataset(donor.committed("train-inputs"), filesystem=donor.fs).to_table().to_pylist()
     by_id = {r["image_id"]: r for r in rows}
     _, ids, images = world_scenes(args, cfg)
-    pipeline_inputs = torch.stack([torch.frombuffer(bytearray(by_id[i]["pixels"]),
-                                                    dtype=torch.uint8).reshape(3, side, side)
-                                   for i in ids])
+    pipeline_inputs = torch.from_numpy(decode_inputs([by_id[i]["image"] for i in ids], side))
     scene_pixels = torch.stack(images).numpy()
-    if not torch.equal(label_transfer.student_inputs(scene_pixels, side), pipeline_inputs):
-        raise SystemExit("the scenes resized here differ from the run's train-inputs")
+    resized = round_trip(label_transfer.student_inputs(scene_pixels, side).numpy(),
+                         cfg.train.inputs_encoding, cfg.train.inputs_quality)
+    if not np.array_equal(resized, pipeline_inputs.numpy()):
+        raise SystemExit("the scenes resized and encoded here differ from the run's train-inputs")
     holdout = np.array([by_id[i]["holdout"] for i in ids])
     truth = truth_matrix(corpus_truth(cfg), ids, CLASS_NAMES).astype(np.float32)
     bundle.mkdir(parents=True, exist_ok=True)
@@ -170,8 +171,12 @@ def export(args, out: Path, bundle: Path) -> None:
         np.savez_compressed(world, ids=np.array(ids), scenes=scene_pixels, holdout=holdout,
                             truth=truth, class_names=np.array(CLASS_NAMES))
     manifest_path = bundle / label_transfer.MANIFEST
+    inputs = {"encoding": cfg.train.inputs_encoding, "quality": cfg.train.inputs_quality}
     manifest = (json.loads(manifest_path.read_text()) if manifest_path.exists()
-                else {"backbone": cfg.train.backbone_weights, "sets": []})
+                else {"backbone": cfg.train.backbone_weights, "inputs": inputs, "sets": []})
+    if manifest.get("inputs") != inputs:  # one stored form per bundle: students decode it so
+        raise SystemExit(f"{manifest_path} holds sets of inputs stored as "
+                         f"{manifest.get('inputs')}, this run's are {inputs}")
     train, inputs_sha256 = ~holdout, label_transfer.inputs_sha256(pipeline_inputs)
     for key in args.sets:
         name = LABEL_SETS[key][0]

@@ -25,6 +25,7 @@ import yaml
 
 from ccd_ray.config import config_from_dict
 from ccd_ray.io.corpus import corpus_truth
+from ccd_ray.io.inputs_codec import decode_inputs
 from ccd_ray.io.storage import RunStore, read_bytes
 from ccd_ray.method import labels as label_ops
 from ccd_ray.method.classifier import load_classifier, normalise
@@ -45,10 +46,9 @@ def classifier_probabilities(store: RunStore, batch_size: int = 64
     model.eval()
     dataset = pads.dataset(store.committed("train-inputs"), filesystem=store.fs, format="parquet")
     ids, probs, holdout = [], [], []
-    for batch in dataset.to_batches(columns=["image_id", "pixels", "holdout"],
+    for batch in dataset.to_batches(columns=["image_id", "image", "holdout"],
                                     batch_size=batch_size):
-        pixels = torch.from_numpy(np.stack([np.frombuffer(p, np.uint8).reshape(3, size, size)
-                                            for p in batch.column("pixels").to_pylist()]))
+        pixels = torch.from_numpy(decode_inputs(batch.column("image").to_pylist(), size))
         with torch.no_grad():
             probs.append(torch.sigmoid(model(normalise(pixels))[0]).numpy())
         ids.append(np.asarray(batch.column("image_id").to_pylist(), dtype=str))

@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from ccd_ray.config import TrainConfig
+from ccd_ray.io.inputs_codec import round_trip
 from ccd_ray.method.classifier import CAMClassifier, resize_images
 from ccd_ray.method.labels import binarize
 from ccd_ray.method.local import predict_pixels
@@ -54,7 +55,8 @@ def inputs_sha256(inputs: torch.Tensor) -> str:
 
 
 def student_inputs(scenes: np.ndarray, side: int) -> torch.Tensor:
-    """uint8 N x 3 x 96 x 96 scenes -> the pipeline's uint8 train-inputs at this side."""
+    """uint8 N x 3 x 96 x 96 scenes resized as the train-inputs stage resizes them (before it
+    encodes them: see Bundle.pixels)."""
     return resize_images(list(torch.from_numpy(scenes)), side)
 
 
@@ -102,6 +104,8 @@ class Bundle:
         manifest = json.loads((self.folder / MANIFEST).read_text())
         self.backbone = backbone or manifest["backbone"]
         self.sets = manifest["sets"]
+        # how the runs stored their train-inputs (absent: a bundle of raw uint8 inputs)
+        self.inputs = manifest.get("inputs")
         self._worlds: dict[int, dict] = {}
         self._pixels: dict[tuple[int, int], torch.Tensor] = {}
 
@@ -114,12 +118,16 @@ class Bundle:
     def pixels(self, seed: int, side: int) -> torch.Tensor:
         """A world's uint8 student inputs at a side (resized once per process)."""
         if (seed, side) not in self._pixels:
-            self._pixels[seed, side] = student_inputs(self.world(seed)["scenes"], side)
+            pixels = student_inputs(self.world(seed)["scenes"], side)
+            if self.inputs is not None:  # as the run's train-inputs readers decode them
+                pixels = torch.from_numpy(round_trip(pixels.numpy(), self.inputs["encoding"],
+                                                     self.inputs["quality"]))
+            self._pixels[seed, side] = pixels
         return self._pixels[seed, side]
 
     def input_check(self, seed: int, side: int, recorded: str) -> str:
         same = inputs_sha256(self.pixels(seed, side)) == recorded
-        return "identical" if same else "DIFFERENT (another resize)"
+        return "identical" if same else "DIFFERENT (another resize or encoding)"
 
     def score(self, set_index: int, torch_seed: int, device: str, beta: float) -> float:
         entry = self.sets[set_index]

@@ -83,7 +83,8 @@ SETTINGS: dict[str, tuple[str, list[str]]] = {
 SHARED_STAGES = {"round-0/raw": lambda c: (c.teacher, c.classes, c.initial, c.seed, c.data,
                                            c.labels.aggregation),
                  "train-inputs": lambda c: (c.data, c.seed, c.train.image_size,
-                                            c.train.holdout_fraction)}
+                                            c.train.holdout_fraction, c.train.inputs_encoding,
+                                            c.train.inputs_quality)}
 
 
 def corpus_path(out: Path, images: int, seed: int) -> Path:

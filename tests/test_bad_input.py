@@ -23,6 +23,7 @@ from ccd_ray.method import labels as label_ops
 from ccd_ray.method.scoring import initial_scores
 from ccd_ray.method.teacher import Teacher
 from ccd_ray.stages import labeling, score_cache
+from ccd_ray.stages.shards import committed_shards, shard_stage
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -146,15 +147,17 @@ def test_too_many_errors_stops_the_stage_and_commits_nothing(bad_run):
         labeling.commit_labels(strict, store, 1, np.array([], str), np.zeros((0, 4), np.float32),
                                np.ones(4, np.float32), {})
 
-    # the abandoned attempt of the round's cache entry shows the errors went through both
-    # phase-2 actor pools intact
+    # the abandoned cache entry's shard files show the errors went through both phase-2
+    # actor pools intact; the shards with errors were uncommitted, so a rerun rescores them
     cache = score_cache.cache_store(strict)
     entry = score_cache.stage_name(score_cache.guided_key(
         strict, checkpoint, strict.relabel.selection_threshold, 1))
-    assert cache.committed(entry) is None
-    (attempt,) = attempts(cache, entry)
-    rows = pads.dataset(cache.path(entry, attempt), filesystem=cache.fs,
-                        format="parquet").to_table().to_pylist()
+    assert cache.committed(entry) is None and attempts(cache, entry) == set()
+    files = [cache.path(entry, f) for f in tree(cache.fs, cache.path(entry))
+             if f.endswith(".parquet")]
+    rows = pads.dataset(files, filesystem=cache.fs, format="parquet").to_table().to_pylist()
+    assert all(cache.marker(shard_stage(i, entry))["errors"] == 0
+               for i in committed_shards(cache, entry))
     assert {r["image_id"]: (r["error_stage"], r["error"].split(":")[0])
             for r in rows if r["error"]} == {
         k: (stage, prefix.split(":")[0]) for k, (stage, prefix) in bad_run.expected_errors.items()}

@@ -26,6 +26,7 @@ from ccd_ray.method import labels as label_ops
 from ccd_ray.method.scoring import classifier_outputs, initial_scores, relabel_boxes, score_boxes
 from ccd_ray.method.teacher import Teacher
 from ccd_ray.stages import labeling, score_cache
+from ccd_ray.stages.shards import committed_shards, shard_stage
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -70,7 +71,8 @@ def failed_relabel(phase0):
                            committed=store.committed(labeling.raw_stage(1)),
                            run_attempts=attempts(store, labeling.raw_stage(1)),
                            entry_committed=cache.committed(entry),
-                           attempts=attempts(cache, entry))
+                           entry_files=tree(cache.fs, cache.path(entry)),
+                           shards_committed=committed_shards(cache, entry))
 
 
 @pytest.fixture(scope="module")
@@ -171,7 +173,9 @@ def test_phase1_raw_stage_is_committed(phase0):
     assert phase0.raw == cache.committed(marker["cache_entry"])
     assert marker["cache_entry"].startswith("initial-") and marker["teacher_passes_run"] > 0
     assert (marker["images"], marker["errors"], marker["labeled"]) == (N_IMAGES, 0, N_IMAGES)
-    raw = pads.dataset(phase0.raw, filesystem=store.fs, format="parquet").to_table()
+    assert (marker["shards"], marker["shards_resumed"]) == (3, 0)  # one per corpus shard
+    raw = pads.dataset(score_cache.entry_files(store.fs, phase0.raw), filesystem=store.fs,
+                       format="parquet").to_table()
     assert raw.num_rows == N_IMAGES
     views = 1 + phase0.cfg.initial.random_crops
     assert set(raw.column("views").to_pylist()) == {views}
@@ -213,9 +217,11 @@ def test_round0_matches_the_single_process_reference(phase0, reference):
 
 
 def test_failed_stage_propagates_and_commits_nothing(failed_relabel, phase0):
-    # the stage had begun (an attempt folder of its cache entry exists) but nothing of it is
-    # visible: neither the entry nor the run's raw stage is committed
-    assert failed_relabel.entry_committed is None and len(failed_relabel.attempts) == 1
+    # the stage had begun (its cache entry recorded the corpus layout) but nothing of it is
+    # visible: neither the entry, nor any of its shards, nor the run's raw stage is committed
+    assert failed_relabel.entry_committed is None and failed_relabel.shards_committed == set()
+    assert score_cache.LAYOUT_FILE in failed_relabel.entry_files
+    assert not any(f.endswith(MARKER) for f in failed_relabel.entry_files)
     assert failed_relabel.committed is None and failed_relabel.run_attempts == set()
     # the cause (the checkpoint does not load) reaches the caller
     message = str(failed_relabel.error)
@@ -229,12 +235,15 @@ def test_failed_stage_propagates_and_commits_nothing(failed_relabel, phase0):
 def test_rerun_after_failure_commits_one_attempt(phase1, failed_relabel):
     store, cfg = phase1.store, phase1.cfg
     assert labeling.raw_folder(cfg, store, 1) == phase1.raw
-    # the rerun committed one entry (keyed by the good classifier) and one run marker; the
-    # failed attempt stays in its own, never committed entry (keyed by the corrupt one)
+    # the rerun committed one entry (keyed by the good classifier), one attempt per shard, and
+    # one run marker; the failed run stays in its own, never committed entry (keyed by the
+    # corrupt classifier)
     marker = store.marker(labeling.raw_stage(1))
     cache = score_cache.cache_store(cfg)
     assert attempts(cache, marker["cache_entry"]) == {posixpath.basename(phase1.raw)}
-    assert not failed_relabel.attempts & {posixpath.basename(phase1.raw)}
+    for shard in range(marker["shards"]):
+        stage = shard_stage(shard, marker["cache_entry"])
+        assert attempts(cache, stage) == {posixpath.basename(cache.committed(stage))}
     for stage in (labeling.raw_stage(0), labeling.raw_stage(1), labeling.labels_stage(0),
                   labeling.labels_stage(1)):
         assert attempts(store, stage) == {posixpath.basename(store.committed(stage))}
@@ -246,7 +255,8 @@ def test_round1_labels_layout_in_s3(phase1, corpus):
     table, summary = _check_labels_stage(phase1.store, phase1.cfg, 1, phase1.labels,
                                          [r[0] for r in corpus.records])
     # every image was scored on views around its CAM boxes: views_per_box per box
-    raw = pads.dataset(phase1.raw, filesystem=phase1.store.fs, format="parquet").to_table()
+    raw = pads.dataset(score_cache.entry_files(phase1.store.fs, phase1.raw),
+                       filesystem=phase1.store.fs, format="parquet").to_table()
     views = raw.column("views").to_pylist()
     assert all(v >= phase1.cfg.relabel.views_per_box and v % phase1.cfg.relabel.views_per_box == 0
                for v in views)
@@ -275,7 +285,7 @@ def test_rerun_of_committed_stages_does_no_work(phase1, monkeypatch):
         raise AssertionError("a committed stage was recomputed")
 
     monkeypatch.setattr(labeling, "write_parquet_rows", no_work)
-    for name in ("corpus_rows", "_score_into_cache"):
+    for name in ("run_shards", "_score_into_cache"):
         monkeypatch.setattr(score_cache, name, no_work)
     # a fresh handle on the same run, as a restarted job would open it
     store = RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)

@@ -21,11 +21,13 @@ from conftest import INTEGRATION, TEST_CLASSES, make_classifier
 
 from ccd_ray.demo.scenes import make_scenes
 from ccd_ray.io.decode import EMPTY, NOT_AN_IMAGE, TRUNCATED, decode_image, encode_png
+from ccd_ray.io.inputs_codec import encode_inputs
 from ccd_ray.io.storage import RunStore, filesystem_for, read_json, write_bytes, write_json
 from ccd_ray.method.classifier import load_classifier, predict
-from ccd_ray.method.predict import ShardTally
+from ccd_ray.method.shards import ShardTally
 from ccd_ray.preflight import EXIT_CONFIG, EXIT_INTERNAL
 from ccd_ray.stages import predict as predict_stage
+from ccd_ray.stages import shards as shard_stages
 from ccd_ray.stages.labeling import ERRORS_SCHEMA, LABELS_SCHEMA
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,10 +51,12 @@ def _job():
 
 def test_shard_tally_completes_a_shard_only_when_every_row_is_written():
     tally = ShardTally([0, 1, 2])
-    assert tally.add(0, 5, 3, [], ["labels-a.parquet"]) is None
+    assert tally.add(0, 5, 3, [], ["labels-a.parquet"], teacher_passes=4) is None
+    assert (tally.rows_done, tally.passes_done) == (0, 0)  # only completed shards count
     done = tally.add(0, 5, 2, ["not an image", "truncated or corrupt image data: OSError: x"],
-                     ["labels-b.parquet", "errors-b.parquet"])
+                     ["labels-b.parquet", "errors-b.parquet"], teacher_passes=1)
     assert done is not None and done.complete
+    assert done.teacher_passes == 5 and (tally.rows_done, tally.passes_done) == (5, 5)
     assert done.counts() == {"images": 5, "labeled": 3, "errors": 2, "errors_by_reason": {
         "not an image": 1, "truncated or corrupt image data": 1}}
     assert done.files == ["labels-a.parquet", "labels-b.parquet", "errors-b.parquet"]
@@ -169,8 +173,8 @@ def _outputs(cfg, run_id: str):
 
 
 def _shard_markers(store) -> dict[int, str]:
-    return {i: store.marker(predict_stage.shard_stage(i))["attempt"]
-            for i in predict_stage.committed_shards(store)}
+    return {i: store.marker(shard_stages.shard_stage(i))["attempt"]
+            for i in shard_stages.committed_shards(store)}
 
 
 @pytest.mark.ray
@@ -206,16 +210,16 @@ def test_predict_labels_an_s3_corpus_and_resumes_after_a_kill(ray_session, s3_co
     assert summary["shards"] == SHARDS and summary["shards_resumed"] == 0
 
     # killed after two shards' commits: those stay, nothing else is committed
-    real_commit = predict_stage.commit_shard
+    real_commit = shard_stages.commit_shard
     committed_now: list[int] = []
 
-    def commit_then_die(store, shard, attempt, progress):
+    def commit_then_die(store, under, shard, attempt, progress):
         if len(committed_now) == 2:
             raise Killed("killed by the test")
-        real_commit(store, shard, attempt, progress)
+        real_commit(store, under, shard, attempt, progress)
         committed_now.append(shard)
 
-    monkeypatch.setattr(predict_stage, "commit_shard", commit_then_die)
+    monkeypatch.setattr(shard_stages, "commit_shard", commit_then_die)
     assert job.main(_argv(cfg, classifier_uri, "resumed")) == EXIT_INTERNAL  # one line, no raise
     resumed_store = RunStore.open(cfg.data.output_uri, "resumed", cfg.data)
     first = _shard_markers(resumed_store)
@@ -225,11 +229,11 @@ def test_predict_labels_an_s3_corpus_and_resumes_after_a_kill(ray_session, s3_co
     # the rerun predicts only the two other shards
     committed_now.clear()
 
-    def commit_and_record(store, shard, attempt, progress):
-        real_commit(store, shard, attempt, progress)
+    def commit_and_record(store, under, shard, attempt, progress):
+        real_commit(store, under, shard, attempt, progress)
         committed_now.append(shard)
 
-    monkeypatch.setattr(predict_stage, "commit_shard", commit_and_record)
+    monkeypatch.setattr(shard_stages, "commit_shard", commit_and_record)
     assert job.main(_argv(cfg, classifier_uri, "resumed")) == 0
     assert sorted(committed_now) == sorted(set(range(SHARDS)) - set(first))
     after = _shard_markers(resumed_store)
@@ -294,7 +298,7 @@ def test_classifier_scores_ship_the_classifier_by_reference(ray_session, tmp_pat
                            generator=torch.Generator().manual_seed(4))
     attempt = store.begin("train-inputs")
     pq.write_table(pa.table({"image_id": [f"i{k}" for k in range(6)],
-                             "pixels": [p.numpy().tobytes() for p in pixels],
+                             "image": encode_inputs(pixels.numpy(), "png", 95),
                              "holdout": [k % 2 == 0 for k in range(6)]}),
                    posixpath.join(attempt, "part.parquet"), filesystem=store.fs)
     store.commit("train-inputs", attempt)

@@ -8,6 +8,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from conftest import make_classifier
 
+from ccd_ray.io.inputs_codec import encode_inputs
 from ccd_ray.stages import report
 
 
@@ -24,7 +25,7 @@ def _write_inputs(folder, files: int, rows: int, holdout_every: int, size: int =
             continue
         pq.write_table(pa.table({
             "image_id": [f"img-{f:03d}-{i}" for i in range(rows)],
-            "pixels": [bytes(3 * size * size) for _ in range(rows)],
+            "image": encode_inputs(np.zeros((rows, 3, size, size), np.uint8), "png", 95),
             "holdout": [i % holdout_every == 0 for i in range(rows)]}), path)
 
 
@@ -36,7 +37,7 @@ def test_sample_rows_stop_once_they_have_the_held_out_samples(tmp_path):
     assert rows.column("image_id").to_pylist() == [
         "img-000-0", "img-000-3", "img-000-6", "img-000-9",
         "img-001-0", "img-001-3", "img-001-6", "img-001-9"]
-    assert rows.column_names == ["image_id", "pixels"]
+    assert rows.column_names == ["image_id", "image"]
 
 
 def test_sample_rows_fill_with_training_inputs_held_out_first(tmp_path):
@@ -56,8 +57,8 @@ def test_class_colours_stay_distinct_beyond_ten_classes():
 def _sample_table(count: int, size: int = 64) -> pa.Table:
     rng = np.random.default_rng(0)
     return pa.table({"image_id": [f"img-{i}" for i in range(count)],
-                     "pixels": [rng.integers(0, 255, 3 * size * size, dtype=np.uint8).tobytes()
-                                for _ in range(count)]})
+                     "image": encode_inputs(rng.integers(0, 255, (count, 3, size, size),
+                                                         dtype=np.uint8), "png", 95)})
 
 
 def test_samples_figure_shows_truth_and_marks_boxes_below_threshold(make_config):

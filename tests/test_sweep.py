@@ -41,7 +41,7 @@ def _cache_entries(cfg) -> dict[str, int]:
     test modules, on other corpora): entry name -> size of its marker."""
     store = RunStore.open(cfg.data.output_uri, CACHE_FOLDER, cfg.data)
     markers = {posixpath.dirname(p): size for p, size in tree(store.fs, store.root).items()
-               if p.endswith("_COMMITTED.json")}
+               if p.endswith("_COMMITTED.json") and "/shards/" not in p}
     return {entry: size for entry, size in markers.items()
             if store.marker(entry)["key"]["corpus"] == cfg.data.corpus_uri}
 
@@ -175,7 +175,7 @@ def test_best_config_rerun_as_the_job_reproduces_the_trial(ray_session, sweep_cf
 
     import io
 
-    inputs = read_inputs(store, store.committed("train-inputs"))
+    inputs = read_inputs(store, store.committed("train-inputs"), cfg.train.image_size)
     truth = corpus_truth(cfg)
     held = [i for i, h in zip(inputs.ids, inputs.holdout) if h and i in truth][:6]
     val_ids = sorted(held)

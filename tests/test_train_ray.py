@@ -101,12 +101,15 @@ def _write_inputs(folder, size: int, files: int, rows: int) -> dict[str, np.ndar
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from ccd_ray.io.inputs_codec import encode_inputs
+
     rng = np.random.default_rng(4)
     labels = {}
     for f in range(files):
         ids = [f"img-{f:02d}-{r:02d}" for r in range(rows)]
-        pixels = [rng.integers(0, 256, (3, size, size), dtype=np.uint8).tobytes() for _ in ids]
-        pq.write_table(pa.table({"image_id": ids, "pixels": pa.array(pixels, pa.binary()),
+        pixels = rng.integers(0, 256, (rows, 3, size, size), dtype=np.uint8)
+        pq.write_table(pa.table({"image_id": ids,
+                                 "image": pa.array(encode_inputs(pixels, "jpeg", 95), pa.binary()),
                                  "holdout": [False] * rows}), folder / f"part-{f:02d}.parquet")
         labels.update({i: rng.random(NUM_CLASSES).astype(np.float32) for i in ids})
     return labels
@@ -138,7 +141,7 @@ def test_a_segment_under_ray_train_equals_the_in_process_loop(ray_session, tmp_p
                          (0, 2), None)
     with result.checkpoint.as_directory() as folder:
         under_ray = torch.load(f"{folder}/{STATE_FILE}", weights_only=True)["model"]
-    local = LocalExecutor(cfg, list(ids), CachedScores([]), read_inputs(store, str(inputs)))
+    local = LocalExecutor(cfg, list(ids), CachedScores([]), read_inputs(store, str(inputs), 32))
     in_process = local.train_segment(Segment(0, 0, (0, 2)), targets, None).model.state_dict()
     assert [h["batches"] for h in local.history] == [6, 6]
     assert under_ray.keys() == in_process.keys()

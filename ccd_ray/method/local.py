@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ccd_ray.config import CCDConfig
+from ccd_ray.io.inputs_codec import round_trip
 from ccd_ray.method.classifier import CAMClassifier, normalise, resize_images, save_classifier
 from ccd_ray.method.rounds import RoundScores, RoundsResult, Targets, run_rounds
 from ccd_ray.method.schedule import Segment, is_holdout, selection_threshold
@@ -27,7 +28,8 @@ CHUNK_ROWS = 256  # rows per chunk of the in-memory input stream (the order does
 @dataclass
 class TrainingInputs:
     """Stored classifier inputs in their stream order (a train-inputs stage's row order):
-    uint8 N x 3 x S x S pixels and the held-out flag of each image."""
+    uint8 N x 3 x S x S pixels (decoded from their stored encoding) and the held-out flag of
+    each image."""
     ids: np.ndarray
     pixels: np.ndarray
     holdout: np.ndarray
@@ -35,8 +37,12 @@ class TrainingInputs:
     @classmethod
     def from_images(cls, ids: list[str], images: list[torch.Tensor], cfg: CCDConfig
                     ) -> "TrainingInputs":
-        """Inputs resized as the train-inputs stage stores them, split as a run splits them."""
-        return cls(np.asarray(ids), resize_images(images, cfg.train.image_size).numpy(),
+        """Inputs resized and encoded as the train-inputs stage stores them, decoded as the
+        Train workers read them, split as a run splits them."""
+        tc = cfg.train
+        pixels = round_trip(resize_images(images, tc.image_size).numpy(), tc.inputs_encoding,
+                            tc.inputs_quality)
+        return cls(np.asarray(ids), pixels,
                    np.array([is_holdout(i, cfg.train.holdout_fraction, cfg.seed) for i in ids]))
 
     def chunks(self, targets: Targets) -> Iterator[Chunk]:

@@ -19,6 +19,7 @@ import torch
 
 from ccd_ray.config import config_from_dict
 from ccd_ray.io.decode import decode_image
+from ccd_ray.io.inputs_codec import decode_inputs
 from ccd_ray.method.classifier import load_classifier, normalise
 from ccd_ray.method.scoring import (
     classifier_outputs,
@@ -157,7 +158,7 @@ class GuidedViewScorer(_TeacherStage):
 
 
 class InputsPredictor:
-    """Classifier probabilities of stored training inputs (uint8, already resized).
+    """Classifier probabilities of stored training inputs (encoded, already resized).
 
     classifier: returns the classifier.pt bytes, called once in the actor (as in CamBoxer:
     the stages pass stages.datasets.by_reference, so the bytes travel through the object store,
@@ -170,9 +171,7 @@ class InputsPredictor:
 
     @torch.no_grad()
     def __call__(self, batch: pa.Table) -> pa.Table:
-        pixels = np.stack([np.frombuffer(p, dtype=np.uint8).reshape(3, self.image_size,
-                                                                    self.image_size)
-                           for p in batch.column("pixels").to_pylist()])
+        pixels = decode_inputs(batch.column("image").to_pylist(), self.image_size)
         logits, _ = self.model(normalise(torch.from_numpy(pixels).to(self.device)))
         probs = torch.sigmoid(logits).float().cpu().numpy()
         flat = pa.array(probs.ravel())

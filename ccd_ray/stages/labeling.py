@@ -5,7 +5,8 @@ stage is committed atomically and skipped when already committed, so a rerun res
 Run layout under `<output_uri>/<run_id>/` (each stage folder holds `_COMMITTED.json` and the
 committed `attempt-*/`):
   round-R/raw       a marker naming the round's score-cache entry (`<output_uri>/score-cache/`:
-                    per image its view boxes and every view's scores, or its error) + counts
+                    per image its view boxes and every view's scores, or its error) + counts,
+                    and what this run did: teacher_passes_run, images_run, shards_resumed
   round-0/labels    labels/*.parquet, errors.parquet, summary.json, bias.json
   round-R/labels    labels fused with round R-1 (alpha) after debiasing (gamma)
 """
@@ -57,11 +58,15 @@ def _commit_raw(cfg: CCDConfig, store: RunStore, round_index: int, score) -> str
     if folder is None:
         started = time.time()
         cache = score_cache.cache_store(cfg)
-        folder, passes = score(cache)
+        scored = score(cache)
+        folder = scored.folder
         entry = posixpath.basename(posixpath.dirname(folder))
-        counts = {k: v for k, v in cache.marker(entry).items() if k not in ("attempt", "key")}
+        counts = {k: v for k, v in cache.marker(entry).items()
+                  if k not in ("attempt", "key", "shards_resumed")}
         attempt = store.begin(raw_stage(round_index))
-        info = {**counts, "cache_entry": entry, "teacher_passes_run": passes,
+        # what ran now (a cache hit: nothing), apart from the entry's counts
+        info = {**counts, "cache_entry": entry, "teacher_passes_run": scored.teacher_passes,
+                "images_run": scored.images, "shards_resumed": scored.shards_resumed,
                 "seconds": round(time.time() - started, 2)}
         write_json(store.fs, posixpath.join(attempt, "entry.json"), info)
         store.commit(raw_stage(round_index), attempt, info)
@@ -88,8 +93,8 @@ def read_raw(cfg: CCDConfig, store: RunStore, round_index: int
     if folder is None:
         raise RuntimeError(f"{raw_stage(round_index)} is not committed")
     # the cache shares the run's output URI, so the run's filesystem reads it
-    return score_cache.read_pooled(store.fs, folder, len(cfg.classes.names),
-                                   cfg.labels.aggregation)
+    return score_cache.read_pooled(store.fs, score_cache.entry_files(store.fs, folder),
+                                   len(cfg.classes.names), cfg.labels.aggregation)
 
 
 def read_scores(fs, folder: str) -> tuple[np.ndarray, np.ndarray]:
@@ -148,7 +153,7 @@ def commit_labels(cfg: CCDConfig, store: RunStore, round_index: int, ids: np.nda
         pq.write_table(errors, stream)
     summary = {**store.marker(raw_stage(round_index)), "round": round_index,
                "labels_seconds": round(time.time() - started, 2)}
-    for key in ("attempt", "cache_entry", "teacher_passes_run"):
+    for key in ("attempt", "cache_entry", "teacher_passes_run", "images_run", "shards_resumed"):
         summary.pop(key, None)
     write_json(store.fs, posixpath.join(attempt, "summary.json"), summary)
     store.commit(stage, attempt, {"round": round_index})

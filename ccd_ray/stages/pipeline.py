@@ -84,14 +84,17 @@ def scored_images(store: RunStore, name: str) -> int | None:
     """The images a scoring stage ran the teacher on (None when its scores came from the score
     cache: no rate to give)."""
     marker = store.marker(name)
-    return marker["images"] if marker.get("teacher_passes_run") else None
+    return marker["images_run"] if marker.get("teacher_passes_run") else None
 
 
 def scoring_counts(store: RunStore, name: str) -> str:
-    """What a scoring stage's marker counts: images, labeled, errors, the teacher's work."""
+    """What a scoring stage's marker counts: images, labeled, errors, the teacher's work done
+    by the run that committed it (the shards a killed earlier run had committed not in it)."""
     marker = store.marker(name)
-    work = (f"{marker['teacher_passes_run']} teacher passes" if marker.get("teacher_passes_run")
-            else "scores from the score cache")
+    passes, resumed = marker.get("teacher_passes_run"), marker.get("shards_resumed")
+    work = f"{passes} teacher passes" if passes or resumed else "scores from the score cache"
+    if resumed:
+        work += f" ({resumed} of {marker['shards']} shards resumed)"
     return (f"{marker['images']} images, {marker['labeled']} labeled, {marker['errors']} errors; "
             f"{work}")
 

@@ -1,8 +1,9 @@
 """Label a corpus with a trained classifier (jobs/predict.py) on Ray Data: read tasks -> the
 classifier's actor pool (decode_image and the training inputs' resize, then the sigmoid of
 the logits) -> writer tasks. Each read task's rows are one shard, committed as its own stage
-once all its rows are written, so a rerun with the same run id predicts only the shards
-that were not committed. The `predict` stage then gathers them in the rounds' format.
+once all its rows are written (stages/shards.py, shared with the score cache), so a rerun
+with the same run id predicts only the shards that were not committed. The `predict` stage
+then gathers them in the rounds' format.
 
 Run layout under `<output_uri>/<run_id>/`:
   predict.json           the classifier (URI, SHA-256, classes, input size), the corpus (URI,
@@ -11,17 +12,16 @@ Run layout under `<output_uri>/<run_id>/`:
   shards/shard-NNNNNN/   one stage per read task: labels-*.parquet, errors-*.parquet
   predict/               labels/*.parquet, errors.parquet, summary.json (as round-R/labels)
 
-A read task holds its shard's rows in memory at once (to count them before they leave); the
-driver holds per shard in progress its counts and file names, and the error rows at the end
-(as the job does)."""
+Memory: as stages/shards.py says, plus the error rows on the driver at the end (as the job
+does)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import posixpath
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,7 +35,7 @@ import ray
 
 from ccd_ray.cli import log
 from ccd_ray.config import DEFAULT_CONFIG, CCDConfig, ConfigError, DataConfig, load_config
-from ccd_ray.io.corpus import CorpusLayout, corpus_layout, read_task_rows
+from ccd_ray.io.corpus import CorpusLayout, corpus_layout
 from ccd_ray.io.storage import (
     MARKER,
     RunStore,
@@ -46,26 +46,26 @@ from ccd_ray.io.storage import (
     write_json,
 )
 from ccd_ray.method.classifier import load_classifier, predict
-from ccd_ray.method.predict import ShardProgress, ShardTally, shards_digest
 from ccd_ray.method.scoring import pick_device
+from ccd_ray.method.shards import shards_digest
 from ccd_ray.stages.actors import _DecodingStage
 from ccd_ray.stages.datasets import actor_pool_args, by_reference
 from ccd_ray.stages.labeling import ERRORS_SCHEMA, labels_table
 from ccd_ray.stages.pipeline import CLASSIFIER_FILE
 from ccd_ray.stages.score_cache import check_errors
+from ccd_ray.stages.shards import (
+    carry_shard,
+    committed_shards,
+    run_shards,
+    shard_files,
+    shard_rows,
+    shard_totals,
+)
 
 PREDICT_STAGE = "predict"
 RUN_FILE = "predict.json"
 PREDICTED_SCHEMA = pa.schema([("image_id", pa.string()), ("scores", pa.list_(pa.float32())),
-                              ("error", pa.string()), ("error_stage", pa.string()),
-                              ("shard", pa.int64()), ("shard_rows", pa.int64())])
-WRITTEN_SCHEMA = pa.schema([("shard", pa.int64()), ("shard_rows", pa.int64()),
-                            ("rows", pa.int64()), ("reasons", pa.list_(pa.string())),
-                            ("files", pa.list_(pa.string()))])
-
-
-def shard_stage(shard: int) -> str:
-    return f"shards/shard-{shard:06d}"
+                              ("error", pa.string()), ("error_stage", pa.string())])
 
 
 def _classifier_path(uri: str, data_cfg: DataConfig) -> tuple[pafs.FileSystem, str]:
@@ -132,18 +132,6 @@ def classifier_config(config_path: str | None, overrides: list[str], classifier:
     return cfg
 
 
-def _read_shards(batch: pa.Table, fs: pafs.FileSystem, layout: CorpusLayout):
-    """Each read task's rows with its shard index and row count (all its rows are read
-    first, so the count is known before the first row leaves)."""
-    for shard, files in zip(batch.column("shard").to_pylist(), batch.column("files").to_pylist()):
-        tables = [t for t in read_task_rows(fs, layout, files) if t.num_rows]
-        expected = sum(t.num_rows for t in tables)
-        for table in tables:
-            n = table.num_rows
-            yield (table.append_column("shard", pa.array([shard] * n, pa.int64()))
-                   .append_column("shard_rows", pa.array([expected] * n, pa.int64())))
-
-
 class ClassifierPredictor(_DecodingStage):
     """The classifier's probabilities of every decodable image of a batch: decode_image, then
     classifier.predict (the training inputs' resize and normalisation). Rows that arrive with
@@ -163,57 +151,29 @@ class ClassifierPredictor(_DecodingStage):
             scores[i] = probs[slot].tolist()
         return pa.Table.from_pydict({
             "image_id": batch.column("image_id"), "scores": scores, "error": errors,
-            "error_stage": stages, "shard": batch.column("shard"),
-            "shard_rows": batch.column("shard_rows")}, schema=PREDICTED_SCHEMA)
+            "error_stage": stages}, schema=PREDICTED_SCHEMA)
 
 
-def _write_parts(batch: pa.Table, fs: pafs.FileSystem, root: str, attempt: str,
-                 class_names: list[str], thresholds: list[float]) -> pa.Table:
-    """Write each shard's rows of the batch into the shard's attempt folder (labels in the
-    rounds' schema, errors as errors.parquet rows); report what was written per shard."""
-    reports = []
-    for shard in pc.unique(batch.column("shard")).to_pylist():
-        rows = batch.filter(pc.equal(batch.column("shard"), shard))
-        folder = posixpath.join(root, shard_stage(shard), attempt)
-        fs.create_dir(folder, recursive=True)
-        part = uuid.uuid4().hex[:12]
-        good = rows.filter(pc.is_null(rows.column("error")))
-        bad = rows.filter(pc.is_valid(rows.column("error")))
-        files = []
-        if good.num_rows:
-            scores = pc.list_flatten(good.column("scores")).to_numpy(zero_copy_only=False)
-            table = labels_table(np.asarray(good.column("image_id").to_pylist()),
-                                 scores.reshape(good.num_rows, len(class_names)), class_names,
-                                 np.asarray(thresholds, np.float32))
-            files.append(f"labels-{part}.parquet")
-            pq.write_table(table, posixpath.join(folder, files[-1]), filesystem=fs)
-        if bad.num_rows:
-            errors = pa.table({"image_id": bad.column("image_id"),
-                               "stage": bad.column("error_stage"),
-                               "reason": bad.column("error")}, schema=ERRORS_SCHEMA)
-            files.append(f"errors-{part}.parquet")
-            pq.write_table(errors, posixpath.join(folder, files[-1]), filesystem=fs)
-        reports.append({"shard": shard, "shard_rows": rows.column("shard_rows")[0].as_py(),
-                        "rows": rows.num_rows, "reasons": bad.column("error").to_pylist(),
-                        "files": files})
-    return pa.Table.from_pylist(reports, schema=WRITTEN_SCHEMA)
-
-
-def commit_shard(store: RunStore, shard: int, attempt: str, progress: ShardProgress) -> None:
-    """Commit one shard whose rows are all written (an empty shard: an empty attempt)."""
-    folder = store.path(shard_stage(shard), attempt)
-    store.fs.create_dir(folder, recursive=True)
-    store.commit(shard_stage(shard), folder, {**progress.counts(), "files": progress.files})
-
-
-def committed_shards(store: RunStore) -> set[int]:
-    """Shards with a commit marker, from one listing of the shards folder."""
-    folder = store.path("shards")
-    if not exists(store.fs, folder):
-        return set()
-    return {int(posixpath.basename(posixpath.dirname(i.path)).split("-")[1])
-            for i in store.fs.get_file_info(pafs.FileSelector(folder, recursive=True))
-            if posixpath.basename(i.path) == MARKER}
+def _write_labels(rows: pa.Table, fs: pafs.FileSystem, folder: str, part: str,
+                  class_names: list[str], thresholds: list[float]) -> list[str]:
+    """One shard's predicted rows as labels in the rounds' schema and errors as
+    errors.parquet rows (the part writer of the shards)."""
+    good = rows.filter(pc.is_null(rows.column("error")))
+    bad = rows.filter(pc.is_valid(rows.column("error")))
+    files = []
+    if good.num_rows:
+        scores = pc.list_flatten(good.column("scores")).to_numpy(zero_copy_only=False)
+        table = labels_table(np.asarray(good.column("image_id").to_pylist()),
+                             scores.reshape(good.num_rows, len(class_names)), class_names,
+                             np.asarray(thresholds, np.float32))
+        files.append(f"labels-{part}.parquet")
+        pq.write_table(table, posixpath.join(folder, files[-1]), filesystem=fs)
+    if bad.num_rows:
+        errors = pa.table({"image_id": bad.column("image_id"), "stage": bad.column("error_stage"),
+                           "reason": bad.column("error")}, schema=ERRORS_SCHEMA)
+        files.append(f"errors-{part}.parquet")
+        pq.write_table(errors, posixpath.join(folder, files[-1]), filesystem=fs)
+    return files
 
 
 def check_predict_run(store: RunStore, identity: dict) -> None:
@@ -232,46 +192,20 @@ def check_predict_run(store: RunStore, identity: dict) -> None:
 def _predict_shards(cfg: CCDConfig, store: RunStore, fs: pafs.FileSystem, layout: CorpusLayout,
                     pending: list[int], classifier: bytes, thresholds: np.ndarray) -> None:
     """Stream the pending shards through the pool, committing each shard once written."""
-    attempt = f"attempt-{uuid.uuid4().hex[:12]}"
-    items = [{"shard": i, "files": layout.tasks[i]} for i in pending]
     # a ref, not the bytes: see InputsPredictor
-    fetch_classifier = by_reference(classifier)
-    written = (ray.data.from_items(items, override_num_blocks=len(items))
-               .map_batches(_read_shards, batch_size=1, batch_format="pyarrow",
-                            fn_kwargs={"fs": fs, "layout": layout.without_tasks()}, num_cpus=0.5)
-               .map_batches(ClassifierPredictor, fn_constructor_kwargs={
-                   "cfg_dict": cfg.to_dict(), "classifier": fetch_classifier},
-                   **actor_pool_args(cfg, cfg.compute.cam_actors))
-               .map_batches(_write_parts, batch_format="pyarrow", num_cpus=0.5, fn_kwargs={
-                   "fs": store.fs, "root": store.root, "attempt": attempt,
-                   "class_names": cfg.classes.names, "thresholds": thresholds.tolist()}))
-    tally = ShardTally(pending)
-    for report in written.iter_batches(batch_size=None, batch_format="pyarrow"):
-        for row in report.to_pylist():
-            done = tally.add(row["shard"], row["shard_rows"], row["rows"], row["reasons"],
-                             row["files"])
-            if done is not None:
-                commit_shard(store, row["shard"], attempt, done)
-    if tally.in_progress:
-        raise RuntimeError(f"shards {sorted(tally.in_progress)[:5]}: rows were read but not all "
-                           "written; rerun to redo them")
-    for shard in sorted(tally.unseen):  # read tasks that produced no row
-        commit_shard(store, shard, attempt, ShardProgress(0))
+    predicted = carry_shard(shard_rows(fs, layout, pending), ClassifierPredictor,
+                            {"cfg_dict": cfg.to_dict(), "classifier": by_reference(classifier)},
+                            actor_pool_args(cfg, cfg.compute.cam_actors))
+    run_shards(store, "", predicted, pending, functools.partial(
+        _write_labels, class_names=cfg.classes.names, thresholds=thresholds.tolist()))
 
 
 def _gather(cfg: CCDConfig, store: RunStore, shards: int, summary: dict) -> str:
     """The predict stage: every shard's labels rewritten into labels/ (by Ray Data), their
     errors into errors.parquet, the totals into summary.json."""
-    markers = [store.marker(shard_stage(i)) for i in range(shards)]
-    counts = {"images": 0, "labeled": 0, "errors": 0, "errors_by_reason": {}}
-    for marker in markers:
-        for key in ("images", "labeled", "errors"):
-            counts[key] += marker[key]
-        for reason, n in marker["errors_by_reason"].items():
-            counts["errors_by_reason"][reason] = counts["errors_by_reason"].get(reason, 0) + n
-    check_errors(cfg, PREDICT_STAGE, counts)
-    files = [store.path(shard_stage(i), m["attempt"], f)
-             for i, m in enumerate(markers) for f in m["files"]]
+    markers, counts = shard_totals(store, "", shards,
+                                   lambda c: check_errors(cfg, PREDICT_STAGE, c))
+    files = [store.path(f) for f in shard_files(store, "", markers)]
     label_files = [f for f in files if posixpath.basename(f).startswith("labels-")]
     error_files = [f for f in files if posixpath.basename(f).startswith("errors-")]
     attempt = store.begin(PREDICT_STAGE)

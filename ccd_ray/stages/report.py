@@ -18,6 +18,7 @@ from matplotlib.figure import Figure  # no pyplot: no GUI backend on cluster nod
 from matplotlib.patches import Rectangle
 
 from ccd_ray.config import CCDConfig
+from ccd_ray.io.inputs_codec import decode_inputs
 from ccd_ray.io.storage import RunStore, write_bytes
 from ccd_ray.method.cam import cam_boxes, select_classes
 from ccd_ray.method.classifier import load_classifier, normalise
@@ -92,7 +93,7 @@ def sample_rows(store: RunStore, inputs_path: str) -> pa.Table:
     if len(ids) < SAMPLES:
         ids += head(SAMPLES - len(ids), ["image_id"], ~pc.field("holdout")
                     ).column("image_id").to_pylist()
-    rows = head(len(ids), ["image_id", "pixels"], pc.field("image_id").isin(ids))
+    rows = head(len(ids), ["image_id", "image"], pc.field("image_id").isin(ids))
     position = {image_id: i for i, image_id in enumerate(ids)}
     return rows.take(np.argsort([position[i] for i in rows.column("image_id").to_pylist()]))
 
@@ -103,8 +104,7 @@ def samples_figure(cfg: CCDConfig, rows: pa.Table, classifier_bytes: bytes,
     truth where the corpus has it. A dashed box, labelled '< threshold', is of a class below
     its threshold (the top class, boxed so that every image gets a look)."""
     model, names, size = load_classifier(io.BytesIO(classifier_bytes))
-    pixels = torch.from_numpy(np.stack([np.frombuffer(p, np.uint8).reshape(3, size, size)
-                                        for p in rows.column("pixels").to_pylist()]))
+    pixels = torch.from_numpy(decode_inputs(rows.column("image").to_pylist(), size))
     with torch.no_grad():
         logits, cams = model(normalise(pixels))
     probs = torch.sigmoid(logits)

@@ -2,8 +2,13 @@
 not depend on a changed hyperparameter is never redone.
 
 An entry is one committed stage `<output_uri>/score-cache/<kind>-<key>/` holding, per image,
-the exact boxes of its views (decoded-pixel geometry) and each view's C scores. The key is a
-hash of everything that decides those numbers:
+the exact boxes of its views (decoded-pixel geometry) and each view's C scores, written per
+shard of the corpus (stages/shards.py): `shards/shard-NNNNNN/` is one committed stage per
+read task, `_layout.json` the corpus layout (shard count, digest of the shards' files) they
+come from, and the entry's commit sums the shards' counts and lists their files
+(`<attempt>/_files.json`: readers read these, see entry_files). A scoring stage killed
+part-way redoes, on its rerun, only the shards not committed. The key is a hash of
+everything that decides those numbers:
   - the teacher's identity: model name/tag, or for a local checkpoint the SHA-256 of its
     config and weight files (not its path), input side, logit scale, scoring rule;
   - the classes and prompt templates (the text embeddings);
@@ -23,25 +28,40 @@ import json
 import posixpath
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from ccd_ray.config import CCDConfig
-from ccd_ray.io.corpus import READER_VERSION
-from ccd_ray.io.decode import reason_key
-from ccd_ray.io.storage import RunStore, write_json
+from ccd_ray.io.corpus import READER_VERSION, corpus_layout
+from ccd_ray.io.storage import RunStore, exists, read_json, write_json
+from ccd_ray.method.shards import shards_digest
 from ccd_ray.method.teacher import LOCAL_DIR_PREFIX
 from ccd_ray.stages.actors import CamBoxer, GuidedViewScorer, InitialViewScorer
-from ccd_ray.stages.datasets import actor_pool_args, by_reference, corpus_rows
+from ccd_ray.stages.datasets import actor_pool_args, by_reference
+from ccd_ray.stages.shards import (
+    carry_shard,
+    committed_shards,
+    run_shards,
+    shard_files,
+    shard_rows,
+    shard_totals,
+)
 
 CACHE_FOLDER = "score-cache"
 ERRORS_SCHEMA = pa.schema([("image_id", pa.string()), ("stage", pa.string()),
                            ("reason", pa.string())])
-KEY_FILE = "_key.json"  # "_": skipped by Parquet dataset discovery
+# "_": skipped by Parquet dataset discovery
+KEY_FILE = "_key.json"
+FILES_FILE = "_files.json"    # in the committed attempt: the entry's files
+LAYOUT_FILE = "_layout.json"  # in the entry folder: the corpus layout its shards come from
+# The version of an entry's layout, part of every key: entries written before per-shard
+# commits (no _files.json) are then never read as hits, but scored again.
+ENTRY_LAYOUT = 2
 
 
 def _file_digest(path: Path) -> str:
@@ -77,7 +97,7 @@ def _common(cfg: CCDConfig) -> dict[str, Any]:
     return {"teacher": teacher_identity(cfg),
             "classes": {"names": cfg.classes.names, "prompts": cfg.classes.prompt_templates},
             "corpus": cfg.data.corpus_uri, "corpus_format": cfg.data.corpus_format,
-            "reader": READER_VERSION, "seed": cfg.seed,
+            "reader": READER_VERSION, "entry_layout": ENTRY_LAYOUT, "seed": cfg.seed,
             "decode": {"max_image_side": cfg.data.max_image_side,
                        "max_image_pixels": cfg.data.max_image_pixels}}
 
@@ -117,16 +137,6 @@ class TooManyErrors(RuntimeError):
     """More images failed than data.max_error_fraction allows; nothing of the stage is committed."""
 
 
-def _counts(table: pa.Table) -> dict[str, Any]:
-    errors = pc.drop_null(table.column("error")).to_pylist()
-    reasons: dict[str, int] = {}
-    for e in errors:
-        reasons[reason_key(e)] = reasons.get(reason_key(e), 0) + 1
-    return {"images": table.num_rows, "errors": len(errors),
-            "labeled": table.num_rows - len(errors), "errors_by_reason": reasons,
-            "teacher_passes": int(pc.sum(table.column("teacher_passes")).as_py() or 0)}
-
-
 def check_errors(cfg: CCDConfig, stage: str, counts: dict[str, Any]) -> None:
     """The error-fraction rule of every scoring stage: raise TooManyErrors (nothing of the
     stage is committed) when no image could be scored, or too many failed."""
@@ -142,57 +152,107 @@ def check_errors(cfg: CCDConfig, stage: str, counts: dict[str, Any]) -> None:
             f"reasons: {counts['errors_by_reason']}. Nothing of this stage was committed.")
 
 
-def _score_into_cache(cfg: CCDConfig, store: RunStore, key: dict[str, Any], rows_fn
-                      ) -> tuple[str, int]:
-    """(committed entry folder, teacher forward passes run now: 0 on a hit). The counts come
-    from two small columns of what was written, read on the driver (no Ray Data pass)."""
+class Scored(NamedTuple):
+    folder: str             # the committed entry (its attempt folder: _key.json, _files.json)
+    teacher_passes: int     # the teacher's forward passes run by this call (0 on a hit)
+    images: int             # images scored by this call (0 on a hit)
+    shards_resumed: int     # shards found committed when this call started (0 on a hit)
+
+
+def _write_views(rows: pa.Table, fs, folder: str, part: str) -> list[str]:
+    """One shard's per-view score rows (VIEW_SCHEMA), as they are: the part writer."""
+    name = f"views-{part}.parquet"
+    pq.write_table(rows, posixpath.join(folder, name), filesystem=fs)
+    return [name]
+
+
+def _check_layout(store: RunStore, stage: str, layout: dict[str, Any]) -> None:
+    """Write the corpus layout (shard count and digest) into an entry before its first
+    shard; a later run resuming the entry must have the same, or shard i would be other
+    files."""
+    path = store.path(stage, LAYOUT_FILE)
+    if exists(store.fs, path):
+        previous = read_json(store.fs, path)
+        if previous != layout:
+            raise RuntimeError(
+                f"score cache {stage}: its committed shards were read from another layout of "
+                f"the corpus ({previous['shards']} shards, digest {previous['shards_sha256'][:12]}"
+                f"; now {layout['shards']}, {layout['shards_sha256'][:12]}); delete "
+                f"{store.path(stage)} to score it again")
+        return
+    write_json(store.fs, path, layout)
+
+
+def _score_into_cache(cfg: CCDConfig, store: RunStore, key: dict[str, Any], scorer) -> Scored:
+    """Score the entry's shards not yet committed (scorer: shard rows -> per-view rows with
+    the shard columns carried), then commit the entry: the counts summed from the shards'
+    markers (written from the writers' reports: no read-back pass) and the list of its
+    files."""
     stage = stage_name(key)
     if store.committed(stage) is not None:
-        return store.committed(stage), 0
+        return Scored(store.committed(stage), 0, 0, 0)
     started = time.time()
+    fs, layout = corpus_layout(cfg)
+    shards = len(layout.tasks)
+    identity = {"shards": shards, "shards_sha256": shards_digest(layout.root, layout.tasks)}
+    _check_layout(store, stage, identity)
+    done = committed_shards(store, stage)
+    pending = [i for i in range(shards) if i not in done]
+    rows = passes = 0
+    if pending:
+        tally = run_shards(store, stage, scorer(shard_rows(fs, layout, pending)), pending,
+                             _write_views, passes_column="teacher_passes")
+        rows, passes = tally.rows_done, tally.passes_done
+    markers, counts = shard_totals(store, stage, shards,
+                                   lambda c: check_errors(cfg, f"score cache {stage}", c))
     attempt = store.begin(stage)
-    rows_fn().write_parquet(attempt, filesystem=store.fs)
-    counts = _counts(pads.dataset(attempt, filesystem=store.fs, format="parquet")
-                     .to_table(columns=["error", "teacher_passes"]))
-    check_errors(cfg, f"score cache {stage}", counts)
     write_json(store.fs, posixpath.join(attempt, KEY_FILE), key)
-    store.commit(stage, attempt, {**counts, "seconds": round(time.time() - started, 2),
-                                  "key": key})
-    return attempt, counts["teacher_passes"]
+    write_json(store.fs, posixpath.join(attempt, FILES_FILE), shard_files(store, stage, markers))
+    store.commit(stage, attempt, {
+        **counts, "teacher_passes": sum(m["teacher_passes"] for m in markers), **identity,
+        "shards_resumed": len(done), "seconds": round(time.time() - started, 2), "key": key})
+    return Scored(attempt, passes, rows, len(done))
 
 
-def initial_view_scores(cfg: CCDConfig, store: RunStore | None = None) -> tuple[str, int]:
+def entry_files(fs, folder: str) -> list[str]:
+    """The Parquet files of a committed entry (folder: its committed attempt), as its commit
+    listed them: the committed shards' files, nothing of a killed attempt."""
+    entry = posixpath.dirname(folder)
+    return [posixpath.join(entry, f) for f in read_json(fs, posixpath.join(folder, FILES_FILE))]
+
+
+def initial_view_scores(cfg: CCDConfig, store: RunStore | None = None) -> Scored:
     """Phase-1 views of the corpus, scored once per key."""
     store = store or cache_store(cfg)
-    return _score_into_cache(cfg, store, initial_key(cfg), lambda: corpus_rows(cfg).map_batches(
-        InitialViewScorer, fn_constructor_kwargs={"cfg_dict": cfg.to_dict()},
-        **actor_pool_args(cfg, cfg.compute.clip_actors)))
+    return _score_into_cache(cfg, store, initial_key(cfg), lambda rows: carry_shard(
+        rows, InitialViewScorer, {"cfg_dict": cfg.to_dict()},
+        actor_pool_args(cfg, cfg.compute.clip_actors)))
 
 
 def guided_view_scores(cfg: CCDConfig, classifier_bytes: bytes, threshold: float,
-                       round_index: int, store: RunStore | None = None) -> tuple[str, int]:
+                       round_index: int, store: RunStore | None = None) -> Scored:
     """Box-guided views of round round_index around the classifier's CAM boxes, once per key."""
     store = store or cache_store(cfg)
 
-    def rows():
-        return (corpus_rows(cfg)
-                .map_batches(CamBoxer, fn_constructor_kwargs={
-                    "cfg_dict": cfg.to_dict(), "classifier": by_reference(classifier_bytes),
-                    "threshold": threshold, "round_index": round_index},
-                    **actor_pool_args(cfg, cfg.compute.cam_actors))
-                .map_batches(GuidedViewScorer, fn_constructor_kwargs={"cfg_dict": cfg.to_dict()},
-                             **actor_pool_args(cfg, cfg.compute.clip_actors)))
+    def scorer(rows):
+        boxed = carry_shard(rows, CamBoxer, {
+            "cfg_dict": cfg.to_dict(), "classifier": by_reference(classifier_bytes),
+            "threshold": threshold, "round_index": round_index},
+            actor_pool_args(cfg, cfg.compute.cam_actors))
+        return carry_shard(boxed, GuidedViewScorer, {"cfg_dict": cfg.to_dict()},
+                           actor_pool_args(cfg, cfg.compute.clip_actors))
 
     return _score_into_cache(cfg, store, guided_key(cfg, classifier_bytes, threshold,
-                                                    round_index), rows)
+                                                    round_index), scorer)
 
 
-def read_pooled(fs, folder: str, num_classes: int, how: str
+def read_pooled(fs, files: list[str] | str, num_classes: int, how: str
                 ) -> tuple[np.ndarray, np.ndarray, pa.Table]:
-    """(ids sorted, N x C pooled scores, error rows image_id/stage/reason) of an entry, pooled
-    over each image's views as labels.aggregation says: the pooling runs after the cache, so
-    max and mean share an entry. Vectorised over Arrow buffers: no per-row Python objects."""
-    table = pads.dataset(folder, filesystem=fs, format="parquet").to_table(
+    """(ids sorted, N x C pooled scores, error rows image_id/stage/reason) of per-view score
+    rows (an entry's entry_files, or a folder of such files), pooled over each image's views
+    as labels.aggregation says: the pooling runs after the cache, so max and mean share an
+    entry. Vectorised over Arrow buffers: no per-row Python objects."""
+    table = pads.dataset(files, filesystem=fs, format="parquet").to_table(
         columns=["image_id", "view_scores", "views", "error", "error_stage"])
     bad = pc.is_valid(table.column("error"))
     errors = table.filter(bad)

@@ -1,6 +1,7 @@
 """Ray Train: DDP training of the CAM classifier on the corpus joined with a round's labels.
 
-The images are decoded and resized once per run into a `train-inputs` stage; each training
+The images are decoded, resized and re-encoded (train.inputs_encoding) once per run into a
+`train-inputs` stage, decoded again on the Ray Data workers that feed training; each training
 segment (the epochs between two relabel rounds) is one TorchTrainer.fit() whose workers
 stream their shard of those inputs with the current soft labels attached. A segment starts
 from the previous segment's last checkpoint (weights, Adam state, epoch), so the segments
@@ -32,6 +33,7 @@ from ray.train.torch import TorchTrainer
 
 from ccd_ray.config import CCDConfig, config_from_dict
 from ccd_ray.io.decode import decode_image
+from ccd_ray.io.inputs_codec import decode_inputs, encode_inputs
 from ccd_ray.io.storage import RunStore, list_files
 from ccd_ray.method.classifier import CAMClassifier, resize_images, save_classifier
 from ccd_ray.method.rounds import Targets
@@ -46,7 +48,8 @@ ROWS_PER_READ = 256  # rows per chunk a worker reads of its shard (the order doe
 
 def _inputs_batch(batch: pa.Table, cfg_dict: dict) -> pa.Table:
     cfg = config_from_dict(cfg_dict)
-    ids, pixels, holdout = [], [], []
+    tc = cfg.train
+    ids, encoded, holdout = [], [], []
     for image_id, data, error in zip(batch.column("image_id").to_pylist(),
                                      batch.column("image").to_pylist(),
                                      batch.column("error").to_pylist()):
@@ -56,15 +59,17 @@ def _inputs_batch(batch: pa.Table, cfg_dict: dict) -> pa.Table:
         if decoded.error:
             continue
         ids.append(image_id)
-        pixels.append(resize_images([decoded.image], cfg.train.image_size)[0].numpy().tobytes())
-        holdout.append(is_holdout(image_id, cfg.train.holdout_fraction, cfg.seed))
+        encoded += encode_inputs(resize_images([decoded.image], tc.image_size).numpy(),
+                                 tc.inputs_encoding, tc.inputs_quality)
+        holdout.append(is_holdout(image_id, tc.holdout_fraction, cfg.seed))
     return pa.table({"image_id": pa.array(ids, pa.string()),
-                     "pixels": pa.array(pixels, pa.binary()),
+                     "image": pa.array(encoded, pa.binary()),
                      "holdout": pa.array(holdout, pa.bool_())})
 
 
 def build_inputs(cfg: CCDConfig, store: RunStore) -> str:
-    """Decode and resize every good image once (uint8, train.image_size), with its split."""
+    """Decode and resize every good image once (uint8, train.image_size), stored encoded
+    (ccd_ray.io.inputs_codec), with its split."""
     if store.committed(INPUTS_STAGE) is None:
         attempt = store.begin(INPUTS_STAGE)
         inputs = corpus_rows(cfg).map_batches(_inputs_batch, batch_format="pyarrow",
@@ -83,16 +88,16 @@ def input_files(store: RunStore, inputs_path: str) -> list[str]:
 
 def _attach_batch(batch: dict[str, np.ndarray], target_ids: np.ndarray, scores: np.ndarray,
                   weights: np.ndarray, image_size: int) -> dict[str, np.ndarray]:
-    pixels = np.stack([np.frombuffer(p, dtype=np.uint8).reshape(3, image_size, image_size)
-                       for p in batch["pixels"]]) if len(batch["pixels"]) else \
-        np.zeros((0, 3, image_size, image_size), np.uint8)
-    return attach_targets(batch["image_id"].astype(str), batch["holdout"], pixels, target_ids,
-                          scores, weights)
+    train = ~batch["holdout"].astype(bool)  # held-out rows are dropped: not worth decoding
+    return attach_targets(batch["image_id"][train].astype(str), batch["holdout"][train],
+                          decode_inputs(batch["image"][train], image_size), target_ids, scores,
+                          weights)
 
 
 def training_dataset(cfg: CCDConfig, inputs_path: str, store: RunStore, targets: Targets
                      ) -> ray.data.Dataset:
-    """The training split of the stored inputs with each image's soft targets and weight."""
+    """The training split of the stored inputs, decoded, with each image's soft targets and
+    weight (decoded in this map, on Ray Data's CPU workers, not in the Train workers)."""
     return ray.data.read_parquet(input_files(store, inputs_path), filesystem=store.fs).map_batches(
         _attach_batch, batch_format="numpy",
         fn_kwargs={"target_ids": targets.ids, "scores": targets.scores,

@@ -18,6 +18,7 @@ import torch
 from ccd_ray.config import CCDConfig, ConfigError
 from ccd_ray.io.corpus import corpus_layout, corpus_truth, read_task_rows
 from ccd_ray.io.decode import decode_image
+from ccd_ray.io.inputs_codec import decode_inputs
 from ccd_ray.io.storage import RunStore, filesystem_for, read_json
 from ccd_ray.method.classifier import CAMClassifier
 from ccd_ray.method.labels import align_rows
@@ -32,16 +33,14 @@ from ccd_ray.sweep.trial import TrialData
 BASE = "base"
 
 
-def read_inputs(store: RunStore, folder: str) -> TrainingInputs:
-    """A train-inputs stage in its row order (the order the Train workers stream it)."""
+def read_inputs(store: RunStore, folder: str, image_size: int) -> TrainingInputs:
+    """A train-inputs stage in its row order (the order the Train workers stream it), decoded
+    (image_size: the run's train.image_size)."""
     table = pads.dataset(input_files(store, folder), filesystem=store.fs,
                          format="parquet").to_table()
     ids = np.asarray(table.column("image_id").to_pylist(), dtype=str)
-    flat = table.column("pixels").combine_chunks()
-    size = int(round((len(flat[0].as_py()) / 3) ** 0.5)) if len(flat) else 1
-    pixels = np.frombuffer(b"".join(flat.to_pylist()), dtype=np.uint8).reshape(-1, 3, size, size) \
-        if len(flat) else np.zeros((0, 3, 1, 1), np.uint8)
-    return TrainingInputs(ids, pixels, np.asarray(table.column("holdout").to_pylist(), bool))
+    return TrainingInputs(ids, decode_inputs(table.column("image").to_pylist(), image_size),
+                          np.asarray(table.column("holdout").to_pylist(), bool))
 
 
 def validation_truth(cfg: CCDConfig, spec: ValidationSpec, holdout_ids: list[str]
@@ -139,7 +138,7 @@ def prepare(cfg: CCDConfig, spec: SweepSpec, store: RunStore,
     cache, the base config's scores of every round; without it, the decoded corpus that
     each trial's own teacher scores."""
     base_store = RunStore(store.fs, store.path(BASE))
-    inputs = read_inputs(base_store, build_inputs(cfg, base_store))
+    inputs = read_inputs(base_store, build_inputs(cfg, base_store), cfg.train.image_size)
     if not len(inputs.ids):
         raise RuntimeError("the corpus has no decodable image to sweep over")
     base_scores = BaseScores(base_store) if spec.cache else None

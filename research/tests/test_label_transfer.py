@@ -78,7 +78,19 @@ def test_a_resize_that_differs_from_the_pipeline_is_reported(transfer, bundle, c
         entry["inputs_sha256"] = "0" * 64
     (bundle / transfer.MANIFEST).write_text(json.dumps(manifest))
     transfer.main(["--bundle", str(bundle), "--torch-seeds", "0", "--device", "cpu"])
-    assert "inputs DIFFERENT (another resize)" in capsys.readouterr().out
+    assert "inputs DIFFERENT (another resize or encoding)" in capsys.readouterr().out
+
+
+def test_students_decode_the_inputs_as_the_runs_stored_them(transfer, bundle):
+    from ccd_ray.io.inputs_codec import round_trip
+
+    raw = transfer.Bundle(bundle).pixels(0, SIDE).numpy()
+    manifest = json.loads((bundle / transfer.MANIFEST).read_text())
+    manifest["inputs"] = {"encoding": "jpeg", "quality": 50}
+    (bundle / transfer.MANIFEST).write_text(json.dumps(manifest))
+    stored = transfer.Bundle(bundle).pixels(0, SIDE).numpy()
+    assert np.array_equal(stored, round_trip(raw, "jpeg", 50))
+    assert not np.array_equal(stored, raw)  # q50 loses detail: the round trip did happen
 
 
 def test_a_missing_backbone_is_a_clear_error(transfer, bundle):
