@@ -38,3 +38,14 @@ def test_a_run_with_committed_work_refuses_a_changed_method(tmp_path):
         check_run_config(_cfg(tmp_path, "local-dir:/second"), store)
     check_run_config(_cfg(tmp_path, "local-dir:/first"), store)  # the same config resumes
     assert _stored_model(store) == "local-dir:/first"
+
+
+def test_a_rerun_on_another_corpus_is_refused(tmp_path):
+    store = RunStore.open(str(tmp_path), "r", CCDConfig().data)
+    check_run_config(_cfg(tmp_path, "local-dir:/t"), store)
+    store.commit(raw_stage(0), store.begin(raw_stage(0)))
+    moved = _cfg(tmp_path, "local-dir:/t")
+    moved.data.corpus_uri = str(tmp_path / "another-corpus")
+    with pytest.raises(ConfigError, match="different settings in \\['data.corpus_uri'\\]"):
+        check_run_config(moved, store)
+    check_run_config(_cfg(tmp_path, "local-dir:/t"), store)  # the original corpus resumes

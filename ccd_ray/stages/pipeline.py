@@ -42,15 +42,18 @@ logger = logging.getLogger(__name__)
 
 
 def check_run_config(cfg: CCDConfig, store: RunStore) -> None:
-    """Write the run's config; a rerun with the same run id must not change the method once a
-    stage is committed (before that, e.g. after a start that stopped on a broken teacher path,
-    the corrected config replaces it)."""
+    """Write the run's config; a rerun with the same run id must not change the method or the
+    corpus once a stage is committed (before that, e.g. after a start that stopped on a broken
+    teacher path, the corrected config replaces it)."""
     path = store.path("config.yaml")
     if exists(store.fs, path) and store.committed(labeling.raw_stage(0)) is not None:
         previous = yaml.safe_load(read_bytes(store.fs, path))
         current = cfg.to_dict()
         changed = sorted(k for k in ("classes", "teacher", "initial", "labels", "relabel", "train")
                          if previous.get(k) != json.loads(json.dumps(current[k])))
+        # the same method on another corpus is another run too (its stages hold other images)
+        changed += [f"data.{k}" for k in ("corpus_uri", "corpus_format")
+                    if previous.get("data", {}).get(k) != current["data"][k]]
         if changed:
             raise ConfigError(f"run_id: run {cfg.run_id!r} already exists with different "
                               f"settings in {changed}; use a new run_id or the original config")
