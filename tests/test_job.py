@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -26,7 +27,14 @@ import pytest
 from ccd_ray.config import DEFAULT_CONFIG, load_config
 from ccd_ray.demo.scenes import CLASS_NAMES
 from ccd_ray.io.packing import synthetic_records, write_shards
-from ccd_ray.io.storage import RunStore, filesystem_for, read_bytes, read_json
+from ccd_ray.io.storage import (
+    MARKER,
+    RunStore,
+    filesystem_for,
+    read_bytes,
+    read_json,
+    write_json,
+)
 from ccd_ray.method.classifier import load_classifier
 from ccd_ray.stages.labeling import labels_stage, read_labels
 
@@ -85,12 +93,51 @@ def head_cluster(s3_server, tmp_path_factory):
         yield {"dashboard": url, "gcs": f"127.0.0.1:{ports['--port']}", "env": env,
                "ray": ray_cli, "temp_dir": temp_dir}
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
+        _stop_head(process, temp_dir)
+
+
+def _cluster_processes(temp_dir: str) -> list[int]:
+    """Live processes of the head cluster: every Ray process (raylet, GCS, dashboard, workers)
+    names its session folder under temp_dir on its command line; zombies have none."""
+    found, below = [], temp_dir.rstrip("/") + "/"
+    for proc in Path("/proc").iterdir():
         try:
-            process.wait(timeout=90)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        shutil.rmtree(temp_dir, ignore_errors=True)
+            if proc.name.isdigit() and below in (proc / "cmdline").read_bytes().decode(
+                    errors="replace"):
+                found.append(int(proc.name))
+        except OSError:  # gone meanwhile
+            pass
+    return found
+
+
+def _stop_head(process: subprocess.Popen, temp_dir: str) -> None:
+    """Stop the head as `ray stop` does, without its 16 s grace: SIGTERM to the head's process
+    group, 5 s to exit, then SIGKILL to the group. Ray's workers run in sessions of their own,
+    outside that group: they exit once their raylet is gone. Any process of the cluster still
+    there 30 s later is killed and reported: a leak."""
+    seen = [pid for pid in _cluster_processes(temp_dir) if pid != process.pid]
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:  # the whole group already exited
+        pass
+    process.wait(timeout=30)
+    deadline = time.time() + 30
+    while (left := _cluster_processes(temp_dir)) and time.time() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    shutil.rmtree(temp_dir, ignore_errors=True)
+    # the probe must have seen the cluster, or its empty answer afterwards would prove nothing
+    assert seen, f"no process named {temp_dir} while the head ran: the leak check is blind"
+    assert not left, f"processes of the head cluster outlived its stop: {left}"
 
 
 def _agent_log_tail(head_cluster) -> str:
@@ -222,43 +269,82 @@ run_ccd(job_config(None, sets + [f"run_id={run_id}"]), before_epoch=fail_once)
 
 
 def _run_driver(head_cluster, args: list[str], env: dict, kill_after: str | None = None,
-                driver: list[str] | None = None):
+                kill_when=lambda: True, driver: list[str] | None = None):
     """Run jobs/run_ccd.py (or driver) as a driver of the head cluster; with kill_after,
-    SIGKILL it once a line containing that text is printed. Returns (exit code, output)."""
+    SIGKILL it once a line containing that text was printed and kill_when() then holds
+    (polled; the output is read meanwhile by a thread, so the driver never blocks on it).
+    Returns (exit code, output)."""
     process = subprocess.Popen(
         [sys.executable, *(driver or ["jobs/run_ccd.py"]), *args,
          "--address", head_cluster["gcs"]],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
-    lines = []
+    lines: list[str] = []
+    seen = threading.Event()
+
+    def read() -> None:
+        for line in process.stdout:
+            lines.append(line)
+            if kill_after and kill_after in line:
+                seen.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     deadline = time.time() + JOB_TIMEOUT
-    for line in process.stdout:
-        lines.append(line)
-        if kill_after and kill_after in line:
-            time.sleep(3)  # let the stage get under way
-            os.killpg(process.pid, signal.SIGKILL)
+    while process.poll() is None and time.time() < deadline:
+        if seen.is_set() and kill_when():
             break
-        if time.time() > deadline:
-            os.killpg(process.pid, signal.SIGKILL)
-            break
+        time.sleep(0.2)
+    if process.poll() is None:  # asked to be killed, or out of time
+        os.killpg(process.pid, signal.SIGKILL)
     process.wait(timeout=120)
+    reader.join(timeout=30)
     return process.returncode, "".join(lines)
+
+
+# The stages before the relabel round. The killed run starts from the uninterrupted run's
+# copies of them: same config and seed, and training is deterministic (test_train_ray), so
+# they are the bits it would compute again; the test pays for them once.
+EARLY_STAGES = ("round-0/raw", "round-0/labels", "train-inputs", "train/segment-0")
+
+
+def _copy_early_stages(source: RunStore, target: RunStore) -> None:
+    """source's committed EARLY_STAGES and segment-0's Ray Train folder (the checkpoint the
+    next segment starts from) into target; the segment's marker then names target's copy."""
+    for folder in (*EARLY_STAGES, "ray-train/segment-0"):
+        pafs.copy_files(source.path(folder), target.path(folder),
+                        source_filesystem=source.fs, destination_filesystem=target.fs)
+    info = target.marker("train/segment-0")
+    assert info["checkpoint"].startswith(source.root + "/"), info
+    info["checkpoint"] = target.root + info["checkpoint"][len(source.root):]
+    write_json(target.fs, target.path("train/segment-0", MARKER), info)
 
 
 def test_killed_job_resumes_and_a_lost_train_worker_is_recovered(
         submitted_run, head_cluster, s3_server, local_teacher, job_corpus, tmp_path):
+    from ccd_ray.stages.shards import committed_shards
+
+    e2e, store = run_store(s3_server, "e2e"), run_store(s3_server, "resume")
+    _copy_early_stages(e2e, store)
+    # Round 1's score-cache key is the uninterrupted run's (the same classifier bytes): its
+    # entry is removed, or round-1/raw would be a cache hit and the kill would stop no scoring.
+    cache = RunStore(store.fs, posixpath.join(posixpath.dirname(store.root), "score-cache"))
+    entry = e2e.marker("round-1/raw")["cache_entry"]
+    store.fs.delete_dir(cache.path(entry))
     args = [*job_overrides(s3_server, local_teacher, job_corpus), "--run-id", "resume"]
+    # killed mid round-1/raw: once a shard of its entry is committed, before the entry is
     code, first = _run_driver(head_cluster, args, head_cluster["env"],
-                              kill_after="train/segment-0: done")
+                              kill_after="train/segment-0: skipped",
+                              kill_when=lambda: bool(committed_shards(cache, entry)))
     assert code == -signal.SIGKILL, first[-3000:]
-    store = run_store(s3_server, "resume")
+    assert committed_shards(cache, entry) and cache.committed(entry) is None
     assert store.committed(labels_stage(1)) is None and store.committed("final") is None
 
     marker = tmp_path / "worker-failed"
     code, second = _run_driver(head_cluster, args, head_cluster["env"],
                                driver=["-c", FAIL_ONCE_DRIVER, str(marker)])
     assert code == 0, second[-4000:]
-    for stage in ("round-0/raw", "round-0/labels", "train-inputs", "train/segment-0"):
+    for stage in EARLY_STAGES:
         assert f"[ccd-ray] {stage}: skipped (already committed)" in second, stage
     assert "[ccd-ray] round-1/raw: done" in second
     assert marker.exists(), "the injected worker failure did not happen"
@@ -269,9 +355,14 @@ def test_killed_job_resumes_and_a_lost_train_worker_is_recovered(
     assert sorted(resumed) == sorted(uninterrupted)
     for image_id, scores in uninterrupted.items():
         np.testing.assert_allclose(resumed[image_id], scores, atol=1e-4, err_msg=image_id)
-    # the killed scoring attempt was in the round's score-cache entry: cleaned up on commit
+    # the killed scoring attempts were in the shards of the round's score-cache entry: each
+    # shard's commit dropped them, so the entry holds exactly the files its commit lists
+    from ccd_ray.stages.score_cache import entry_files
+
     cache = RunStore(store.fs, posixpath.join(posixpath.dirname(store.root), "score-cache"))
     entry = store.marker("round-1/raw")["cache_entry"]
-    attempts = [i for i in store.fs.get_file_info(pafs.FileSelector(cache.path(entry)))
-                if posixpath.basename(i.path).startswith("attempt-")]
-    assert len(attempts) == 1, "the killed attempt was not cleaned up on commit"
+    held = {i.path for i in store.fs.get_file_info(pafs.FileSelector(cache.path(entry),
+                                                                     recursive=True))
+            if i.path.endswith(".parquet")}
+    assert held == set(entry_files(store.fs, cache.committed(entry))), \
+        "a killed attempt's files were not cleaned up on commit"
