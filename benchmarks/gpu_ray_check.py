@@ -611,6 +611,7 @@ class Check:
         from ccd_ray.io.packing import write_shards
         from ccd_ray.io.storage import RunStore
         from ccd_ray.stages.labeling import raw_stage, score_initial
+        from ccd_ray.stages.score_cache import entry_files
 
         a = self.args
         fs = pafs.LocalFileSystem()
@@ -664,8 +665,8 @@ class Check:
             folder = score_initial(cfg, store)
             wall = time.perf_counter() - t0
             marker = store.marker(raw_stage(0))
-            table = pads.dataset(folder, filesystem=fs, format="parquet").to_table(
-                columns=["views"])
+            table = pads.dataset(entry_files(fs, folder), filesystem=fs,
+                                 format="parquet").to_table(columns=["views"])
             views = int(sum(v for v in table.column("views").to_pylist() if v))
             labeled = marker["labeled"]
             if marker["errors"] or views != labeled * views_per_image:

@@ -44,6 +44,9 @@ fi
 source "$CCD_VENV/bin/activate"
 # The package is installed editable from this clone. The venv is shared by every clone with
 # the same spec, so re-point it when it was last installed from another clone (a few seconds).
-if [[ "$(python -c 'import ccd_ray, os; print(os.path.dirname(os.path.dirname(ccd_ray.__file__)))' 2>/dev/null)" != "$CCD_ROOT" ]]; then
+# The check runs from / so that it sees what the venv has installed, not a ccd_ray/ folder in
+# the current directory (a new venv sourced from the clone's root would otherwise never get it,
+# and `python jobs/run_ccd.py`, whose sys.path starts at jobs/, would not find the package).
+if [[ "$(cd / && python -c 'import ccd_ray, os; print(os.path.dirname(os.path.dirname(ccd_ray.__file__)))' 2>/dev/null)" != "$CCD_ROOT" ]]; then
   python -m pip install --quiet --no-deps --no-build-isolation -e "$CCD_ROOT" 2> >(grep -v "is ignored: it is neither" >&2)
 fi
