@@ -48,19 +48,12 @@ from ccd_ray.io.storage import (
 from ccd_ray.method.classifier import load_classifier, predict
 from ccd_ray.method.scoring import pick_device
 from ccd_ray.method.shards import shards_digest
+from ccd_ray.stages import shards as per_shard  # `shards` is a count here
 from ccd_ray.stages.actors import _DecodingStage
 from ccd_ray.stages.datasets import actor_pool_args, by_reference
 from ccd_ray.stages.labeling import ERRORS_SCHEMA, labels_table
 from ccd_ray.stages.pipeline import CLASSIFIER_FILE
 from ccd_ray.stages.score_cache import check_errors
-from ccd_ray.stages.shards import (
-    carry_shard,
-    committed_shards,
-    run_shards,
-    shard_files,
-    shard_rows,
-    shard_totals,
-)
 
 PREDICT_STAGE = "predict"
 RUN_FILE = "predict.json"
@@ -193,19 +186,20 @@ def _predict_shards(cfg: CCDConfig, store: RunStore, fs: pafs.FileSystem, layout
                     pending: list[int], classifier: bytes, thresholds: np.ndarray) -> None:
     """Stream the pending shards through the pool, committing each shard once written."""
     # a ref, not the bytes: see InputsPredictor
-    predicted = carry_shard(shard_rows(fs, layout, pending), ClassifierPredictor,
-                            {"cfg_dict": cfg.to_dict(), "classifier": by_reference(classifier)},
-                            actor_pool_args(cfg, cfg.compute.cam_actors))
-    run_shards(store, "", predicted, pending, functools.partial(
+    predicted = per_shard.carry_shard(
+        per_shard.shard_rows(fs, layout, pending), ClassifierPredictor,
+        {"cfg_dict": cfg.to_dict(), "classifier": by_reference(classifier)},
+        actor_pool_args(cfg, cfg.compute.cam_actors))
+    per_shard.run_shards(store, "", predicted, pending, functools.partial(
         _write_labels, class_names=cfg.classes.names, thresholds=thresholds.tolist()))
 
 
 def _gather(cfg: CCDConfig, store: RunStore, shards: int, summary: dict) -> str:
     """The predict stage: every shard's labels rewritten into labels/ (by Ray Data), their
     errors into errors.parquet, the totals into summary.json."""
-    markers, counts = shard_totals(store, "", shards,
-                                   lambda c: check_errors(cfg, PREDICT_STAGE, c))
-    files = [store.path(f) for f in shard_files(store, "", markers)]
+    markers, counts = per_shard.shard_totals(store, "", shards,
+                                             lambda c: check_errors(cfg, PREDICT_STAGE, c))
+    files = [store.path(f) for f in per_shard.shard_files(store, "", markers)]
     label_files = [f for f in files if posixpath.basename(f).startswith("labels-")]
     error_files = [f for f in files if posixpath.basename(f).startswith("errors-")]
     attempt = store.begin(PREDICT_STAGE)
@@ -248,7 +242,7 @@ def predict_corpus(cfg: CCDConfig, classifier_uri: str, classifier: bytes) -> Pr
         log(f"{PREDICT_STAGE}: skipped (already committed)")
         counts = {k: v for k, v in store.marker(PREDICT_STAGE).items() if k != "attempt"}
         return PredictResult(store.committed(PREDICT_STAGE), shards, shards, counts)
-    done = committed_shards(store)
+    done = per_shard.committed_shards(store)
     pending = [i for i in range(shards) if i not in done]
     log(f"shards: {len(done)} already committed, {len(pending)} to predict")
     if pending:
