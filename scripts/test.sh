@@ -5,6 +5,4 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/ensure_venv.sh"
 cd "$CCD_ROOT"
-# --no-loadscope-reorder: files start in collection order (tests/conftest.py puts the slowest
-# first), not by their number of tests, which would start the two-test job file last.
-exec python -m pytest -n "${CCD_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
+exec python -m pytest -n "${CCD_TEST_WORKERS:-2}" --dist loadfile "$@"

@@ -29,12 +29,11 @@ TINY_BASE = {
 }
 
 
-# The slowest files first (each a few minutes of Ray jobs), paired so that the two
-# pytest-xdist processes of scripts/test.sh get about as much (job + predict, smoke + sweep)
-# and the short files fill in around them, instead of one long file running alone at the
-# end. The order within and after them is unchanged.
-SLOW_FILES_FIRST = ("tests/test_job.py", "tests/test_gpu_ray_check.py", "tests/test_predict.py",
-                    "tests/test_sweep.py")
+# The slowest files first (each a few minutes of Ray jobs): with scripts/test.sh's two
+# pytest-xdist processes they start at once and the short files fill in around them, instead
+# of one long file running alone at the end. The order within and after them is unchanged.
+SLOW_FILES_FIRST = ("tests/test_job.py", "tests/test_gpu_ray_check.py", "tests/test_sweep.py",
+                    "tests/test_predict.py")
 
 
 def pytest_collection_modifyitems(config, items):
