@@ -29,18 +29,6 @@ TINY_BASE = {
 }
 
 
-# The slowest files first (each a few minutes of Ray jobs): with scripts/test.sh's two
-# pytest-xdist processes they start at once and the short files fill in around them, instead
-# of one long file running alone at the end. The order within and after them is unchanged.
-SLOW_FILES_FIRST = ("tests/test_job.py", "tests/test_gpu_ray_check.py", "tests/test_sweep.py",
-                    "tests/test_predict.py")
-
-
-def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))
-
-
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads():
     """The test machine has two cores, often shared: with more than one intra-op thread a busy
