@@ -5,4 +5,6 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/ensure_venv.sh"
 cd "$CCD_ROOT"
-exec python -m pytest -n "${CCD_TEST_WORKERS:-2}" --dist loadfile "$@"
+# --no-loadscope-reorder: files start in collection order (tests/conftest.py puts the job
+# file first), not by their number of tests, which would start that two-test file last.
+exec python -m pytest -n "${CCD_TEST_WORKERS:-2}" --dist loadfile --no-loadscope-reorder "$@"
