@@ -3,7 +3,7 @@ job against the teacher's zero-shot labels and a supervised bound, paired per se
 
     python benchmarks/quality.py                                # 3 seeds, the embedded default
     python benchmarks/quality.py --seeds 0 --images 48 --set train.epochs=2 \
-        --set train.warmup_epochs=1 --tag smoke --out /tmp/quality-smoke   # a short check
+        --set train.warmup_epochs=1 --tag smoke --out outputs/quality-smoke   # a short check
     python benchmarks/quality.py --set labels.final_source=fusion --tag fusion   # a variant
 
 For each seed s, a synthetic corpus is made from seed s (the embedded default's scenes, --images
