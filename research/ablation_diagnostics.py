@@ -72,6 +72,7 @@ from ccd_ray.method import labels as label_ops
 from ccd_ray.method.cam import select_classes
 from ccd_ray.method.classifier import load_classifier
 from ccd_ray.method.metrics import f1_scores, mean_average_precision, truth_matrix
+from ccd_ray.method.rows import align_rows
 from ccd_ray.method.schedule import is_holdout, selection_threshold
 from ccd_ray.method.scoring import classifier_outputs, relabel_boxes, score_boxes
 from ccd_ray.method.teacher import Teacher
@@ -120,12 +121,12 @@ def training_split(cfg, ids: list[str]) -> np.ndarray:
 def raw_scores(cfg, store: RunStore, round_index: int, ids: list[str]) -> torch.Tensor:
     """A round's raw teacher scores (before debias and fusion), one row per id in order."""
     raw_ids, scores, _ = read_raw(cfg, store, round_index)
-    return torch.from_numpy(label_ops.align_rows(np.asarray(ids), raw_ids, scores))
+    return torch.from_numpy(align_rows(np.asarray(ids), raw_ids, scores))
 
 
 def committed_labels(store: RunStore, round_index: int, ids: list[str]) -> np.ndarray:
     """A committed round's soft labels, one row per id in order."""
-    return label_ops.align_rows(np.asarray(ids), *read_labels(store, round_index))
+    return align_rows(np.asarray(ids), *read_labels(store, round_index))
 
 
 def label_set(args, out: Path, key: str, ids: list[str]) -> np.ndarray:

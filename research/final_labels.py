@@ -30,6 +30,7 @@ from ccd_ray.io.storage import RunStore, read_bytes
 from ccd_ray.method import labels as label_ops
 from ccd_ray.method.classifier import load_classifier, normalise
 from ccd_ray.method.metrics import score_rows
+from ccd_ray.method.rows import align_rows
 from ccd_ray.method.schedule import is_holdout
 from ccd_ray.stages import labeling
 
@@ -72,7 +73,7 @@ def measure_run(output_uri: str, run_id: str) -> dict[str, dict[str, dict[str, f
     raw_ids, raw, _ = labeling.read_raw(cfg, store, 0)
     pseudo_ids, pseudo = labeling.read_labels(store, cfg.relabel.rounds)
     clf_ids, clf, clf_holdout = classifier_probabilities(store)
-    rows = label_ops.align_rows(pseudo_ids, clf_ids, np.arange(len(clf_ids)))
+    rows = align_rows(pseudo_ids, clf_ids, np.arange(len(clf_ids)))
     names, fixed = cfg.classes.names, cfg.labels.threshold
 
     def scored(ids, scores, against, thresholds):

@@ -20,12 +20,6 @@ NO_PIXELS = "image has zero width or height"
 UNSUPPORTED_PIXELS = "unsupported pixel format"
 
 
-def reason_key(error: str) -> str:
-    """The group of an error reason in a summary's errors_by_reason: the text before its first
-    colon (the stable reason, without the file's details)."""
-    return error.split(":")[0]
-
-
 @dataclass
 class Decoded:
     image: torch.Tensor | None   # 3 x H x W uint8, RGB

@@ -219,20 +219,3 @@ def round_labels(raw: torch.Tensor, previous: torch.Tensor | None, bias: torch.T
     on fused with the previous round's labels (alpha). Every executor derives labels here."""
     debiased = debias(raw, bias, gamma)
     return debiased if previous is None else fuse(previous, debiased, alpha)
-
-
-def find_rows(ids: np.ndarray, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row of each id in sorted_ids, whether it is there): the one id join of the project,
-    by binary search over sorted ids (no per-row dict). Rows of missing ids are meaningless."""
-    rows = np.minimum(np.searchsorted(sorted_ids, ids), max(len(sorted_ids) - 1, 0))
-    found = sorted_ids[rows] == ids if len(sorted_ids) else np.zeros(len(ids), bool)
-    return rows, found
-
-
-def align_rows(ids: np.ndarray, reference_ids: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Rows of matrix (ordered as the sorted reference_ids) for ids; every id must exist."""
-    rows, found = find_rows(ids, reference_ids)
-    if not found.all():
-        missing = ids[~found]
-        raise KeyError(f"{len(missing)} image(s) lack a previous label, e.g. {missing[0]!r}")
-    return matrix[rows]

@@ -18,9 +18,10 @@ from ccd_ray.config import CCDConfig
 from ccd_ray.io.inputs_codec import round_trip
 from ccd_ray.method.classifier import CAMClassifier, normalise, resize_images, save_classifier
 from ccd_ray.method.rounds import RoundScores, RoundsResult, Targets, run_rounds
+from ccd_ray.method.rows import Chunk, attach_targets
 from ccd_ray.method.schedule import Segment, is_holdout, selection_threshold
 from ccd_ray.method.scoring import classifier_outputs, initial_scores, relabel_boxes, score_boxes
-from ccd_ray.method.training import Chunk, attach_targets, fit_epochs
+from ccd_ray.method.training import fit_epochs
 
 CHUNK_ROWS = 256  # rows per chunk of the in-memory input stream (the order does not depend on it)
 

@@ -17,6 +17,7 @@ import torch
 
 from ccd_ray.config import CCDConfig
 from ccd_ray.method import labels as label_ops
+from ccd_ray.method.rows import align_rows, find_rows
 from ccd_ray.method.schedule import Segment, schedule
 
 
@@ -72,7 +73,7 @@ def _targets(cfg: CCDConfig, executor: Executor, ids: np.ndarray, labels: np.nda
     else:
         scores = label_ops.smoothing_floor(torch.from_numpy(labels),
                                            cfg.labels.smoothing_floor).numpy()
-    rows, known = label_ops.find_rows(ids, weight_ids)
+    rows, known = find_rows(ids, weight_ids)
     return Targets(ids, scores, np.where(known, weights[rows], 1.0).astype(np.float32))
 
 
@@ -98,7 +99,7 @@ def run_rounds(cfg: CCDConfig, executor: Executor, stop_at_round: int | None = N
     for segment in schedule(cfg):
         if segment.labels_round > 0:
             scores = executor.score_round(segment.labels_round, result.trained)
-            previous = label_ops.align_rows(scores.ids, ids, labels)
+            previous = align_rows(scores.ids, ids, labels)
             ids = scores.ids
             labels = label_ops.round_labels(torch.from_numpy(scores.raw),
                                             torch.from_numpy(previous), bias, lc.gamma,

@@ -9,9 +9,13 @@ import json
 import posixpath
 from dataclasses import dataclass, field
 
-from ccd_ray.io.decode import reason_key
-
 COUNT_KEYS = ("images", "labeled", "errors")
+
+
+def reason_key(error: str) -> str:
+    """The group of an error reason in a summary's errors_by_reason: the text before its first
+    colon (the stable reason, without the file's details)."""
+    return error.split(":")[0]
 
 
 def shards_digest(root: str, tasks: list[list[str]]) -> str:

@@ -17,8 +17,8 @@ import torch
 
 from ccd_ray.config import TrainConfig
 from ccd_ray.method.classifier import normalise
-from ccd_ray.method.labels import find_rows
 from ccd_ray.method.losses import consistency_loss, consistency_weight, soft_bce
+from ccd_ray.method.rows import Chunk
 
 
 def augment_pair(images: torch.Tensor, generator: torch.Generator
@@ -68,23 +68,12 @@ def mean_losses(steps: list[dict[str, float]]) -> dict[str, float]:
 
 
 BATCH_KEYS = ("pixels", "targets", "weights")
-Chunk = dict[str, np.ndarray]
 
 
 def epoch_rng(seed: int, epoch: int, rank: int) -> np.random.Generator:
     """The generator of one worker's epoch: its shuffle and (through a derived torch seed) its
     augmentations; the same for a resumed epoch as for an uninterrupted one."""
     return np.random.default_rng([seed, epoch, rank])
-
-
-def attach_targets(ids: np.ndarray, holdout: np.ndarray, pixels: np.ndarray,
-                   target_ids: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> Chunk:
-    """The training rows of a chunk of stored inputs (not held out, with a target), joined with
-    their soft targets and sample weights; target_ids is sorted, targets/weights follow it."""
-    rows, found = find_rows(ids, target_ids)
-    keep = ~np.asarray(holdout, dtype=bool) & found
-    return {"pixels": pixels[keep], "targets": targets[rows[keep]],
-            "weights": weights[rows[keep]]}
 
 
 def shuffled_batches(chunks: Iterable[Chunk], batch_size: int, buffer_rows: int,

@@ -18,6 +18,7 @@ from ccd_ray.io.storage import RunStore, read_json, write_bytes, write_json
 from ccd_ray.method import labels as label_ops
 from ccd_ray.method.export import STANDALONE_FILE, export_standalone
 from ccd_ray.method.metrics import score_rows
+from ccd_ray.method.rows import find_rows
 from ccd_ray.method.schedule import is_holdout
 from ccd_ray.stages import labeling
 from ccd_ray.stages.actors import InputsPredictor
@@ -82,7 +83,7 @@ def final_labels(cfg: CCDConfig, store: RunStore, classifier: ClassifierScores) 
     """Every image the last round labeled, scored by labels.final_source and thresholded by
     labels.threshold_rule (from the final scores themselves)."""
     ids, pseudo = labeling.read_labels(store, cfg.relabel.rounds)
-    rows, found = label_ops.find_rows(ids, classifier.ids)
+    rows, found = find_rows(ids, classifier.ids)
     if not found.all():
         raise RuntimeError(f"final labels: {int((~found).sum())} image(s) of the last round's "
                            f"labels have no training input to classify, e.g. {ids[~found][0]!r}")

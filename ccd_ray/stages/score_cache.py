@@ -34,7 +34,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as pads
-import pyarrow.parquet as pq
 
 from ccd_ray.config import CCDConfig
 from ccd_ray.io.corpus import READER_VERSION, corpus_layout
@@ -50,6 +49,7 @@ from ccd_ray.stages.shards import (
     shard_files,
     shard_rows,
     shard_totals,
+    write_views,
 )
 
 CACHE_FOLDER = "score-cache"
@@ -159,13 +159,6 @@ class Scored(NamedTuple):
     shards_resumed: int     # shards found committed when this call started (0 on a hit)
 
 
-def _write_views(rows: pa.Table, fs, folder: str, part: str) -> list[str]:
-    """One shard's per-view score rows (VIEW_SCHEMA), as they are: the part writer."""
-    name = f"views-{part}.parquet"
-    pq.write_table(rows, posixpath.join(folder, name), filesystem=fs)
-    return [name]
-
-
 def _check_layout(store: RunStore, stage: str, layout: dict[str, Any]) -> None:
     """Write the corpus layout (shard count and digest) into an entry before its first
     shard; a later run resuming the entry must have the same, or shard i would be other
@@ -201,7 +194,7 @@ def _score_into_cache(cfg: CCDConfig, store: RunStore, key: dict[str, Any], scor
     rows = passes = 0
     if pending:
         tally = run_shards(store, stage, scorer(shard_rows(fs, layout, pending)), pending,
-                             _write_views, passes_column="teacher_passes")
+                             write_views, passes_column="teacher_passes")
         rows, passes = tally.rows_done, tally.passes_done
     markers, counts = shard_totals(store, stage, shards,
                                    lambda c: check_errors(cfg, f"score cache {stage}", c))

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 import ray
 
 from ccd_ray.io.corpus import CorpusLayout, read_task_rows
@@ -79,6 +80,15 @@ def carry_shard(rows: ray.data.Dataset, stage: type, kwargs: dict, pool_args: di
     """rows through an actor pool of stage(**kwargs), the shard columns kept."""
     return rows.map_batches(ShardCarrier, fn_constructor_kwargs={"stage": stage, **kwargs},
                             **pool_args)
+
+
+def write_views(rows: pa.Table, fs: pafs.FileSystem, folder: str, part: str) -> list[str]:
+    """The score cache's part writer: one shard's per-view score rows, as they are. Here, not
+    in the score cache's module, since every writer task imports the module of its writer, and
+    that one imports the teacher's (torch, open_clip: seconds per new worker process)."""
+    name = f"views-{part}.parquet"
+    pq.write_table(rows, posixpath.join(folder, name), filesystem=fs)
+    return [name]
 
 
 def _write_parts(batch: pa.Table, fs: pafs.FileSystem, root: str, attempt: str,

@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import ray
 import ray.train
@@ -33,12 +32,13 @@ from ray.train.torch import TorchTrainer
 
 from ccd_ray.config import CCDConfig, config_from_dict
 from ccd_ray.io.decode import decode_image
-from ccd_ray.io.inputs_codec import decode_inputs, encode_inputs
+from ccd_ray.io.inputs_codec import encode_inputs
 from ccd_ray.io.storage import RunStore, list_files
 from ccd_ray.method.classifier import CAMClassifier, resize_images, save_classifier
 from ccd_ray.method.rounds import Targets
+from ccd_ray.method.rows import training_rows
 from ccd_ray.method.schedule import is_holdout
-from ccd_ray.method.training import attach_targets, fit_epochs
+from ccd_ray.method.training import fit_epochs
 from ccd_ray.stages.datasets import corpus_rows
 
 INPUTS_STAGE = "train-inputs"
@@ -86,20 +86,12 @@ def input_files(store: RunStore, inputs_path: str) -> list[str]:
     return list_files(store.fs, inputs_path, (".parquet",))
 
 
-def _attach_batch(batch: dict[str, np.ndarray], target_ids: np.ndarray, scores: np.ndarray,
-                  weights: np.ndarray, image_size: int) -> dict[str, np.ndarray]:
-    train = ~batch["holdout"].astype(bool)  # held-out rows are dropped: not worth decoding
-    return attach_targets(batch["image_id"][train].astype(str), batch["holdout"][train],
-                          decode_inputs(batch["image"][train], image_size), target_ids, scores,
-                          weights)
-
-
 def training_dataset(cfg: CCDConfig, inputs_path: str, store: RunStore, targets: Targets
                      ) -> ray.data.Dataset:
     """The training split of the stored inputs, decoded, with each image's soft targets and
     weight (decoded in this map, on Ray Data's CPU workers, not in the Train workers)."""
     return ray.data.read_parquet(input_files(store, inputs_path), filesystem=store.fs).map_batches(
-        _attach_batch, batch_format="numpy",
+        training_rows, batch_format="numpy",
         fn_kwargs={"target_ids": targets.ids, "scores": targets.scores,
                    "weights": targets.weights, "image_size": cfg.train.image_size})
 

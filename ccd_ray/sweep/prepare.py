@@ -21,10 +21,10 @@ from ccd_ray.io.decode import decode_image
 from ccd_ray.io.inputs_codec import decode_inputs
 from ccd_ray.io.storage import RunStore, filesystem_for, read_json
 from ccd_ray.method.classifier import CAMClassifier
-from ccd_ray.method.labels import align_rows
 from ccd_ray.method.local import LocalExecutor, TrainingInputs, classifier_bytes
 from ccd_ray.method.metrics import truth_matrix
 from ccd_ray.method.rounds import run_rounds
+from ccd_ray.method.rows import align_rows
 from ccd_ray.stages import labeling
 from ccd_ray.stages.train import build_inputs, input_files
 from ccd_ray.sweep.spec import SweepSpec, ValidationSpec
