@@ -265,6 +265,20 @@ def stage_times(log_folder: Path) -> tuple[dict[str, float], dict[str, float]]:
     return seconds, starts
 
 
+def job_config(teacher: str) -> dict[str, Any]:
+    """The config every size runs (its corpus and output added by run_size): the embedded
+    default's YAML, its classes, the given teacher spec, JOB_OVERRIDES."""
+    import yaml
+
+    from ccd_ray.config import DEFAULT_CONFIG
+    from ccd_ray.demo import embedded
+
+    base = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    _deep_update(base, {"classes": {"names": list(embedded.CLASS_NAMES)},
+                        "teacher": {"model": teacher}})
+    return _deep_update(base, JOB_OVERRIDES)
+
+
 def run_size(n: int, workdir: Path, base_config: dict, interval: float, timeout: float
              ) -> dict[str, Any]:
     import pyarrow.fs as pafs
@@ -569,7 +583,6 @@ def report(result: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     sys.path.insert(0, str(REPO))
-    import yaml
 
     from ccd_ray.demo import embedded
     from ccd_ray.demo.pretrain_teacher import pretrained_teacher
@@ -584,11 +597,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               "runs": [], "fit": None, "micro": None}
     try:
         if args.sizes:
-            teacher = pretrained_teacher(embedded.default_cache_dir(), embedded.TEACHER_SPEC)
-            base = yaml.safe_load(embedded.DEFAULT_CONFIG.read_text())
-            _deep_update(base, {"classes": {"names": list(embedded.CLASS_NAMES)},
-                                "teacher": {"model": teacher}})
-            _deep_update(base, JOB_OVERRIDES)
+            base = job_config(pretrained_teacher(embedded.default_cache_dir(),
+                                                 embedded.TEACHER_SPEC))
             for n in sorted(args.sizes):
                 print(f"[scale] running {n} images ...", flush=True)
                 run = run_size(n, workdir, base, args.interval, args.timeout)

@@ -149,3 +149,25 @@ def test_the_bound_catches_per_row_python_objects(cache_entry):
     assert len(pooled) == images
     assert peak > pool_bound(images), (f"list-based pooling peaked at only {peak / 1e6:.0f} MB, "
                                        f"bound {pool_bound(images) / 1e6:.0f} MB")
+
+
+def test_the_scale_benchmarks_job_config_is_a_valid_config(tmp_path):
+    """benchmarks/scale.py's job: the embedded default's YAML with its overrides, loadable by
+    the job (a broken config would only show after minutes of corpus writing)."""
+    import importlib.util
+
+    import yaml
+
+    from ccd_ray.config import load_config
+
+    spec = importlib.util.spec_from_file_location(
+        "scale_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py")
+    scale = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scale)
+    config = scale.job_config("local-dir:/nowhere/teacher")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    cfg = load_config(path)
+    assert cfg.teacher.model == "local-dir:/nowhere/teacher"
+    assert (cfg.initial.random_crops, cfg.relabel.rounds, cfg.train.image_size) == (2, 1, 64)
+    assert (cfg.compute.clip_actors, cfg.compute.train_workers) == (1, 1)
