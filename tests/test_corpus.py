@@ -340,3 +340,41 @@ def test_discover_explains_an_empty_or_missing_corpus(tmp_path):
     (tmp_path / "readme.txt").write_text("no images here")
     with pytest.raises(FileNotFoundError, match="no .parquet, .tar or image files"):
         discover(FS, str(tmp_path), 64)
+
+
+def test_a_run_lists_its_corpus_once_and_reads_its_manifest_after(make_config, tmp_path):
+    """commit_manifest lists the corpus on the run's first start; every later corpus_layout of
+    that run (each pass, a resume) reads the manifest: a file added since is not read, nor
+    listed. Another run id, or another corpus under this run id, lists the corpus."""
+    from ccd_ray.config import ConfigError
+    from ccd_ray.io.corpus import commit_manifest, corpus_layout
+    from ccd_ray.io.storage import RunStore
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for i in range(3):
+        (corpus / f"{i}.png").write_bytes(_png(i))
+    cfg = make_config(f"data.corpus_uri={corpus}", f"data.output_uri={tmp_path / 'out'}",
+                      "data.files_per_task=2", "run_id=r1")
+    store = RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
+    _, first, listed = commit_manifest(cfg, store, work_done=False)
+    assert listed and [len(t) for t in first.tasks] == [2, 1]
+    (corpus / "9.png").write_bytes(_png(9))
+
+    _, again, listed = commit_manifest(cfg, store, work_done=True)
+    assert not listed and again == first
+    assert corpus_layout(cfg)[1] == first
+    assert sum(map(len, corpus_layout(make_config(
+        f"data.corpus_uri={corpus}", f"data.output_uri={tmp_path / 'out'}",
+        "run_id=r2"))[1].tasks)) == 4
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.png").write_bytes(_png(1))
+    moved = make_config(f"data.corpus_uri={other}", f"data.output_uri={tmp_path / 'out'}",
+                        "run_id=r1")
+    assert corpus_layout(moved)[1].root == str(other)
+    # once work is committed another corpus is refused; before, it replaces the manifest
+    with pytest.raises(ConfigError, match="use a new run id"):
+        commit_manifest(moved, store, work_done=True)
+    _, replaced, listed = commit_manifest(moved, store, work_done=False)
+    assert listed and replaced.root == str(other) and corpus_layout(moved)[1] == replaced

@@ -201,6 +201,8 @@ def test_job_submit_writes_every_documented_output(submitted_run, s3_server):
     fs = store.fs
     assert "[ccd-ray] final: done" in submitted_run
     assert "AWS_SECRET_ACCESS_KEY" not in submitted_run
+    assert "[ccd-ray] corpus: 3 read tasks, listed once for the run" in submitted_run
+    assert store.marker("corpus-manifest")["read_tasks"] == 3
     classes = read_json(fs, store.path("classes.json"))
     assert classes == list(CLASS_NAMES)
     config_text = read_bytes(fs, store.path("config.yaml")).decode()
@@ -347,6 +349,7 @@ def test_killed_job_resumes_and_a_lost_train_worker_is_recovered(
     for stage in EARLY_STAGES:
         assert f"[ccd-ray] {stage}: skipped (already committed)" in second, stage
     assert "[ccd-ray] round-1/raw: done" in second
+    assert "[ccd-ray] corpus: 3 read tasks, from the run's manifest" in second  # not listed again
     assert marker.exists(), "the injected worker failure did not happen"
     assert "[ccd-ray] final: done" in second
 

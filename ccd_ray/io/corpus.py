@@ -29,8 +29,16 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from ccd_ray.config import CCDConfig
-from ccd_ray.io.storage import filesystem_for, list_files, read_bytes
+from ccd_ray.config import CCDConfig, ConfigError
+from ccd_ray.io.storage import (
+    MARKER,
+    RunStore,
+    exists,
+    filesystem_for,
+    list_files,
+    read_bytes,
+    read_json,
+)
 
 # What a corpus reads as (ids, decoded pixels) beyond the config; cached teacher scores name it,
 # so bump it when a change to the readers or decoding changes either.
@@ -369,10 +377,76 @@ def read_ground_truth(fs: pafs.FileSystem, layout: CorpusLayout) -> dict[str, li
     return {k: v for k, v in truth.items() if v is not None}
 
 
+MANIFEST_STAGE = "corpus-manifest"
+MANIFEST_FILE = "layout.parquet"
+
+
+def _manifest_marker(cfg: CCDConfig) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path) of the run's manifest marker: <output_uri>/<run_id>/corpus-manifest/."""
+    fs, base = filesystem_for(cfg.data.output_uri, cfg.data)
+    return fs, posixpath.join(base, cfg.run_id, MANIFEST_STAGE, MARKER)
+
+
+def _manifest_key(cfg: CCDConfig) -> dict[str, str]:
+    return {"corpus_uri": cfg.data.corpus_uri, "corpus_format": cfg.data.corpus_format}
+
+
+def write_manifest(fs: pafs.FileSystem, folder: str, layout: CorpusLayout) -> None:
+    """The layout as one Parquet file: a row per read task (its files), the format, root and
+    the discovery line in the schema's metadata."""
+    table = pa.table({"task": pa.array(range(len(layout.tasks)), pa.int64()),
+                      "files": pa.array(layout.tasks, pa.list_(pa.string()))})
+    table = table.replace_schema_metadata({"kind": layout.kind, "root": layout.root,
+                                           "found": layout.found})
+    pq.write_table(table, posixpath.join(folder, MANIFEST_FILE), filesystem=fs)
+
+
+def read_manifest(fs: pafs.FileSystem, folder: str) -> CorpusLayout:
+    table = pq.read_table(posixpath.join(folder, MANIFEST_FILE), filesystem=fs)
+    meta = {k.decode(): v.decode() for k, v in table.schema.metadata.items()}
+    return CorpusLayout(meta["kind"], meta["root"], table.column("files").to_pylist(),
+                        meta["found"])
+
+
 def corpus_layout(cfg: CCDConfig) -> tuple[pafs.FileSystem, CorpusLayout]:
-    """(filesystem, layout) of the configured corpus."""
+    """(filesystem, layout) of the configured corpus: the run's manifest where the run has
+    committed one (listed once a run, so every pass and every resume of the run reads the same
+    files, and a corpus of millions of objects is not listed again per pass), else listed now."""
     fs, root = filesystem_for(cfg.data.corpus_uri, cfg.data)
+    out_fs, marker = _manifest_marker(cfg)
+    if exists(out_fs, marker):
+        info = read_json(out_fs, marker)
+        # a run refuses another corpus_uri or corpus_format (check_run_config); anything else
+        # under this run id (a test's or a sweep's config) lists its own corpus
+        if info.get("corpus") == _manifest_key(cfg):
+            return fs, read_manifest(out_fs, posixpath.join(posixpath.dirname(marker),
+                                                            info["attempt"]))
     return fs, discover(fs, root, cfg.data.files_per_task, cfg.data.corpus_format)
+
+
+def commit_manifest(cfg: CCDConfig, store: RunStore, work_done: bool
+                    ) -> tuple[pafs.FileSystem, CorpusLayout, bool]:
+    """(corpus filesystem, layout, listed now) of the run: on its first start the corpus is
+    listed and the layout committed as the run's manifest; a resumed run reads it back (the
+    files of its first start, whatever was added since). work_done: whether the run has
+    committed work read from its corpus; a manifest of another corpus is then refused, and
+    replaced otherwise (a start that stopped before any work, rerun with a corrected corpus)."""
+    fs, root = filesystem_for(cfg.data.corpus_uri, cfg.data)
+    if store.committed(MANIFEST_STAGE) is not None:
+        listed = store.marker(MANIFEST_STAGE)["corpus"]
+        if listed == _manifest_key(cfg):
+            return fs, read_manifest(store.fs, store.committed(MANIFEST_STAGE)), False
+        if work_done:
+            raise ConfigError(f"run {store.root} reads the corpus {listed['corpus_uri']} "
+                              f"(data.corpus_format={listed['corpus_format']}), not "
+                              f"{cfg.data.corpus_uri}; use a new run id for another corpus")
+    layout = discover(fs, root, cfg.data.files_per_task, cfg.data.corpus_format)
+    attempt = store.begin(MANIFEST_STAGE)
+    write_manifest(store.fs, attempt, layout)
+    store.commit(MANIFEST_STAGE, attempt, {"corpus": _manifest_key(cfg), "kind": layout.kind,
+                                           "read_tasks": len(layout.tasks),
+                                           "found": layout.found})
+    return fs, layout, True
 
 
 def corpus_truth(cfg: CCDConfig) -> dict[str, list[str]]:

@@ -21,7 +21,7 @@ import yaml
 
 from ccd_ray.cli import log
 from ccd_ray.config import CCDConfig, ConfigError
-from ccd_ray.io.corpus import corpus_truth
+from ccd_ray.io.corpus import commit_manifest, corpus_truth
 from ccd_ray.io.storage import RunStore, exists, read_bytes, write_bytes, write_json
 from ccd_ray.method.metrics import truth_matrix
 from ccd_ray.method.rounds import RoundScores, Targets, run_rounds
@@ -188,6 +188,12 @@ def run_ccd(cfg: CCDConfig, before_epoch=None) -> RunStore:
     store = RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
     log(f"run {cfg.run_id!r}: corpus {cfg.data.corpus_uri} -> {store.root}")
     check_run_config(cfg, store)
+    # check_run_config has refused another corpus where round 0 is committed
+    _, layout, listed = commit_manifest(
+        cfg, store, work_done=store.committed(labeling.raw_stage(0)) is not None)
+    log(f"corpus: {len(layout.tasks)} read tasks, "
+        + ("listed once for the run (its manifest: corpus-manifest/)" if listed else
+           "from the run's manifest (the files its first start listed)"))
     executor = RayExecutor(cfg, store, before_epoch)
     result = run_rounds(cfg, executor)
     with stage_log(store, FINAL_STAGE):

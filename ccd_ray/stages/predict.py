@@ -35,7 +35,7 @@ import ray
 
 from ccd_ray.cli import log
 from ccd_ray.config import DEFAULT_CONFIG, CCDConfig, ConfigError, DataConfig, load_config
-from ccd_ray.io.corpus import CorpusLayout, corpus_layout
+from ccd_ray.io.corpus import CorpusLayout, commit_manifest
 from ccd_ray.io.storage import (
     MARKER,
     RunStore,
@@ -228,7 +228,7 @@ def predict_corpus(cfg: CCDConfig, classifier_uri: str, classifier: bytes) -> Pr
     store = RunStore.open(cfg.data.output_uri, cfg.run_id, cfg.data)
     _, names, image_size = load_classifier(io.BytesIO(classifier))
     thresholds, threshold_source = read_thresholds(classifier_uri, cfg)
-    fs, layout = corpus_layout(cfg)
+    fs, layout, _ = commit_manifest(cfg, store, work_done=exists(store.fs, store.path(RUN_FILE)))
     shards = len(layout.tasks)
     check_predict_run(store, {
         "classifier_sha256": hashlib.sha256(classifier).hexdigest(), "class_names": names,
