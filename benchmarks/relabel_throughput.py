@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from ccd_ray.io.decode import decode_image
     from ccd_ray.io.packing import synthetic_records, write_shards
     from ccd_ray.io.storage import RunStore, list_files
-    from ccd_ray.method.labels import aggregate_by_image
+    from ccd_ray.method.labels import pool_views
     from ccd_ray.method.scoring import initial_scores
     from ccd_ray.method.teacher import Teacher, load_clip, save_local_dir
     from ccd_ray.method.views import crop_views, initial_boxes
@@ -316,8 +316,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                       cfg.initial.crop_scale, cfg.seed, image_id)
                 views = crop_views(image, boxes, teacher.image_size, teacher.mean, teacher.std)
                 per_view = torch.cat([teacher.score(v[None]) for v in views])
-                scores[image_id] = aggregate_by_image(per_view, [len(boxes)],
-                                                      cfg.labels.aggregation)[0]
+                scores[image_id] = torch.from_numpy(pool_views(
+                    per_view.numpy(), np.array([len(boxes)]), cfg.labels.aggregation)[0])
             return {"seconds": time.perf_counter() - t, "cpu_s": time.process_time() - c,
                     "scores": scores, "forward_passes": teacher.forward_passes}
 

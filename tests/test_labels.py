@@ -16,28 +16,43 @@ def _softmax_scores(n, c, seed, sharpness=3.0):
     return (torch.randn(n, c, generator=g) * sharpness).softmax(dim=1)
 
 
-def test_aggregate_max_and_mean():
-    views = torch.tensor([[0.1, 0.7, 0.2],
-                          [0.6, 0.3, 0.1],
-                          [0.2, 0.2, 0.6]])
-    torch.testing.assert_close(L.aggregate_views(views, "max"), torch.tensor([0.6, 0.7, 0.6]))
-    torch.testing.assert_close(L.aggregate_views(views, "mean"), torch.tensor([0.3, 0.4, 0.3]))
+def test_pool_views_max_and_mean():
+    views = np.array([[0.1, 0.7, 0.2],
+                      [0.6, 0.3, 0.1],
+                      [0.2, 0.2, 0.6]], np.float32)
+    np.testing.assert_allclose(L.pool_views(views, np.array([3]), "max"), [[0.6, 0.7, 0.6]])
+    np.testing.assert_allclose(L.pool_views(views, np.array([3]), "mean"), [[0.3, 0.4, 0.3]],
+                               rtol=1e-6)
     with pytest.raises(ValueError, match="median"):
-        L.aggregate_views(views, "median")
-    with pytest.raises(ValueError):
-        L.aggregate_views(torch.zeros(0, 3), "max")
+        L.pool_views(views, np.array([3]), "median")
+    with pytest.raises(ValueError, match="at least 1"):
+        L.pool_views(views, np.array([3, 0]), "max")
 
 
-def test_aggregate_by_image_splits_in_order():
-    scores = torch.tensor([[0.1, 0.9], [0.5, 0.2],      # image 0: two views
-                           [0.3, 0.3],                  # image 1: one view
-                           [0.0, 0.4], [0.8, 0.1], [0.2, 0.2]])  # image 2: three views
-    out = L.aggregate_by_image(scores, [2, 1, 3], "max")
-    torch.testing.assert_close(out, torch.tensor([[0.5, 0.9], [0.3, 0.3], [0.8, 0.4]]))
-    out = L.aggregate_by_image(scores, [2, 1, 3], "mean")
-    torch.testing.assert_close(out[2], torch.tensor([1.0 / 3, 0.7 / 3]))
-    with pytest.raises(ValueError, match="views expected"):
-        L.aggregate_by_image(scores, [2, 2], "max")
+def test_pool_views_splits_in_order():
+    scores = np.array([[0.1, 0.9], [0.5, 0.2],      # image 0: two views
+                       [0.3, 0.3],                  # image 1: one view
+                       [0.0, 0.4], [0.8, 0.1], [0.2, 0.2]], np.float32)  # image 2: three
+    out = L.pool_views(scores, np.array([2, 1, 3]), "max")
+    np.testing.assert_allclose(out, [[0.5, 0.9], [0.3, 0.3], [0.8, 0.4]])
+    out = L.pool_views(scores, np.array([2, 1, 3]), "mean")
+    np.testing.assert_allclose(out[2], [1.0 / 3, 0.7 / 3], rtol=1e-6)
+    with pytest.raises(ValueError, match="in all"):
+        L.pool_views(scores, np.array([2, 2]), "max")
+
+
+@pytest.mark.parametrize("how", ["max", "mean"])
+def test_pool_views_with_equal_view_counts_equals_the_segment_pooling(how):
+    """The strided path (every image has V views) gives the segment path's pooling (max: the
+    same bits; mean: within float32 rounding, since reduceat sums in another order)."""
+    rng = np.random.default_rng(3)
+    scores = rng.random((500 * 4, 7), dtype=np.float32)
+    strided = L.pool_views(scores, np.full(500, 4), how)
+    # one image of 5 views appended forces the segment path over the same first 500 images
+    mixed = L.pool_views(np.concatenate([scores, rng.random((5, 7), dtype=np.float32)]),
+                         np.r_[np.full(500, 4), 5], how)[:500]
+    np.testing.assert_allclose(strided, mixed, rtol=0 if how == "max" else 1e-6, atol=0)
+    assert not np.array_equal(strided, scores[0::4])  # pooled, not the first view
 
 
 def test_entropy():

@@ -1,8 +1,9 @@
 """Label math: pool view scores, measure and remove the teacher's class bias, fuse rounds.
 
-All functions take and return float tensors of class scores in [0, 1] (rows: images, columns:
-classes in the config's order). The bias statistic is computed from sums, so shards can be
-reduced independently and merged (`bias_partials` -> `merge_bias_partials` -> `bias_vector`).
+All functions take and return float tensors (pool_views: arrays) of class scores in [0, 1]
+(rows: images, columns: classes in the config's order). The bias statistic is computed from
+sums, so shards can be reduced independently and merged (`bias_partials` ->
+`merge_bias_partials` -> `bias_vector`).
 """
 
 from __future__ import annotations
@@ -13,24 +14,28 @@ import torch
 EPS = 1e-8
 
 
-def aggregate_views(view_scores: torch.Tensor, how: str) -> torch.Tensor:
-    """V x C scores of one image's views -> C (max keeps a class any view sees; mean averages)."""
-    if view_scores.ndim != 2 or view_scores.shape[0] == 0:
-        raise ValueError(f"expected a non-empty V x C tensor, got {tuple(view_scores.shape)}")
+def pool_views(scores: np.ndarray, views: np.ndarray, how: str) -> np.ndarray:
+    """N x C pooled rows of the images' views (scores: their V_i x C rows, concatenated in
+    image order; views: V_i per image): max keeps a class any view sees, mean averages.
+    Where every image has the same V views (round 0: the image and its random crops), a
+    strided maximum or sum over the V views, several times faster than reduceat's
+    row-by-row segments on a driver holding 10^6 images."""
+    if how not in ("max", "mean"):
+        raise ValueError(f"aggregation {how!r}: expected 'max' or 'mean'")
+    views = np.asarray(views)
+    if int(views.sum()) != len(scores) or (len(views) and int(views.min()) < 1):
+        raise ValueError(f"views {views.tolist()[:5]}...: expected at least 1 an image and "
+                         f"{len(scores)} in all")
+    if len(views) and bool(np.all(views == views[0])):
+        v = int(views[0])
+        pooled = scores[0::v].copy()
+        for k in range(1, v):
+            (np.maximum if how == "max" else np.add)(pooled, scores[k::v], out=pooled)
+        return pooled if how == "max" else pooled / np.float32(v)
+    starts = np.r_[0, np.cumsum(views)[:-1]]
     if how == "max":
-        return view_scores.max(dim=0).values
-    if how == "mean":
-        return view_scores.mean(dim=0)
-    raise ValueError(f"aggregation {how!r}: expected 'max' or 'mean'")
-
-
-def aggregate_by_image(view_scores: torch.Tensor, views_per_image: list[int], how: str
-                       ) -> torch.Tensor:
-    """Scores of many images' views, concatenated in order -> N x C, one row per image."""
-    if sum(views_per_image) != view_scores.shape[0]:
-        raise ValueError(f"{sum(views_per_image)} views expected, got {view_scores.shape[0]}")
-    return torch.stack([aggregate_views(part, how)
-                        for part in torch.split(view_scores, views_per_image)])
+        return np.maximum.reduceat(scores, starts, axis=0)
+    return np.add.reduceat(scores, starts, axis=0) / views.astype(np.float32)[:, None]
 
 
 def entropy(scores: torch.Tensor) -> torch.Tensor:

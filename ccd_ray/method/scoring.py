@@ -13,7 +13,7 @@ import torch
 from ccd_ray.config import CCDConfig
 from ccd_ray.method import cam as cam_ops
 from ccd_ray.method.classifier import CAMClassifier, prepare_images
-from ccd_ray.method.labels import aggregate_by_image
+from ccd_ray.method.labels import pool_views
 from ccd_ray.method.teacher import Teacher
 from ccd_ray.method.views import (
     box_guided_boxes,
@@ -42,8 +42,9 @@ def score_boxes(teacher: Teacher, images: list[torch.Tensor], boxes: list[np.nda
     per_image = score_views(teacher, images, boxes, cfg.teacher.batch_size)
     if not per_image:
         return torch.zeros(0, len(cfg.classes.names))
-    return aggregate_by_image(torch.from_numpy(np.concatenate(per_image)),
-                              [len(v) for v in per_image], cfg.labels.aggregation)
+    return torch.from_numpy(pool_views(np.concatenate(per_image),
+                                       np.array([len(v) for v in per_image]),
+                                       cfg.labels.aggregation))
 
 
 def phase1_boxes(images: list[torch.Tensor], image_ids: list[str], cfg: CCDConfig

@@ -38,6 +38,7 @@ import pyarrow.dataset as pads
 from ccd_ray.config import CCDConfig
 from ccd_ray.io.corpus import READER_VERSION, corpus_layout
 from ccd_ray.io.storage import RunStore, exists, read_json, write_json
+from ccd_ray.method import labels as label_ops
 from ccd_ray.method.shards import shards_digest
 from ccd_ray.method.teacher import LOCAL_DIR_PREFIX
 from ccd_ray.stages.actors import CamBoxer, GuidedViewScorer, InitialViewScorer
@@ -259,13 +260,10 @@ def read_pooled(fs, files: list[str] | str, num_classes: int, how: str
     views = table.column("views").to_numpy()
     flat = table.column("view_scores").combine_chunks().values.to_numpy(zero_copy_only=False)
     scores = flat.astype(np.float32, copy=False).reshape(-1, num_classes)
-    starts = np.r_[0, np.cumsum(views)[:-1]]
-    if how == "max":
-        pooled = np.maximum.reduceat(scores, starts, axis=0)
-    elif how == "mean":
-        pooled = np.add.reduceat(scores, starts, axis=0) / views.astype(np.float32)[:, None]
-    else:
-        raise ValueError(f"aggregation {how!r}: expected 'max' or 'mean'")
-    # sort the ids and the pooled rows, not the table with its per-view score lists
-    order = np.argsort(ids, kind="stable")
-    return ids[order], pooled[order], errors
+    pooled = label_ops.pool_views(scores, views, how)
+    # sort the ids and the pooled rows, not the table with its per-view score lists (entries
+    # are written in shard order, so the ids are often sorted already: no copy then)
+    if len(ids) > 1 and not bool(np.all(ids[1:] >= ids[:-1])):
+        order = np.argsort(ids, kind="stable")
+        ids, pooled = ids[order], pooled[order]
+    return ids, pooled, errors
