@@ -269,3 +269,21 @@ def test_final_label_scores_sources():
         L.final_label_scores("fusion", pseudo, classifier[:1], 0.4)
     with pytest.raises(ValueError, match="final source 'teacher'"):
         L.final_label_scores("teacher", pseudo, classifier, 0.4)
+
+
+def test_the_chunked_label_steps_equal_the_whole_matrix_formulas(monkeypatch):
+    """initial_bias and round_labels work CHUNK_ROWS rows at a time; the result is the whole
+    matrix's: the partial sums of the bias and the elementwise debias/fuse."""
+    monkeypatch.setattr(L, "CHUNK_ROWS", 7)
+    raw, previous = _softmax_scores(60, 5, seed=1), _softmax_scores(60, 5, seed=2)
+    bias, partials = L.initial_bias(raw, 0.3, 1.2, "count")
+    whole = L.bias_partials(raw, 0.3, 1.2)
+    for key in whole:
+        torch.testing.assert_close(partials[key], whole[key], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(bias, L.bias_vector(whole, "count"), rtol=0, atol=0)
+    torch.testing.assert_close(L.round_labels(raw, None, bias, 0.7, 0.4),
+                               L.debias(raw, bias, 0.7), rtol=0, atol=0)
+    torch.testing.assert_close(L.round_labels(raw, previous, bias, 0.7, 0.4),
+                               L.fuse(previous, L.debias(raw, bias, 0.7), 0.4), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="previous labels"):
+        L.round_labels(raw, previous[:50], bias, 0.7, 0.4)
