@@ -7,6 +7,8 @@ import pkgutil
 import subprocess
 import sys
 
+import pytest
+
 import ccd_ray
 
 RAY_FREE = ["ccd_ray.config", "ccd_ray.cli", "ccd_ray.preflight", "ccd_ray.io", "ccd_ray.method",
@@ -19,23 +21,29 @@ def _modules(prefixes: list[str]) -> list[str]:
     return [m for m in every if any(m == p or m.startswith(p + ".") for p in prefixes)]
 
 
+def _import_blocking(blocked: str, modules: list[str]) -> subprocess.CompletedProcess:
+    """Import modules in a fresh process where any import of the package blocked raises."""
+    code = (f"import sys\nsys.modules[{blocked!r}] = None\n"
+            + "".join(f"import {m}\n" for m in modules) + "print('ok')\n")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=300)
+
+
 def test_ray_free_modules_import_with_ray_blocked():
     """In a fresh process where `import ray` fails, every Ray-free module imports."""
     modules = _modules(RAY_FREE)
     assert "ccd_ray.method.rounds" in modules and "ccd_ray.io.corpus" in modules
-    code = ("import sys\nsys.modules['ray'] = None  # any import of ray now raises\n"
-            + "".join(f"import {m}\n" for m in modules) + "print('ok')\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300)
+    result = _import_blocking("ray", modules)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
-def test_the_check_fails_for_a_module_that_imports_ray():
-    """The blocking works: a Ray module does not import under it (the test above can fail)."""
-    code = "import sys\nsys.modules['ray'] = None\nimport ccd_ray.stages.labeling\n"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300)
-    assert result.returncode != 0 and "ray" in result.stderr
+@pytest.mark.parametrize("blocked, module", [("ray", "ccd_ray.stages.labeling"),
+                                             ("torch", "ccd_ray.stages.train")])
+def test_the_check_fails_for_a_module_that_imports_the_blocked_package(blocked, module):
+    """The blocking works: a module that imports the package does not import under it (the
+    tests that use it can fail)."""
+    result = _import_blocking(blocked, [module])
+    assert result.returncode != 0 and blocked in result.stderr
 
 
 # The modules of the functions Ray Data's tasks run (read tasks, the training rows' decode,
@@ -46,10 +54,7 @@ TORCH_FREE_TASK_MODULES = ["ccd_ray.stages.datasets", "ccd_ray.stages.shards",
 
 
 def test_task_modules_import_without_torch():
-    code = ("import sys\nsys.modules['torch'] = None\n"
-            + "".join(f"import {m}\n" for m in TORCH_FREE_TASK_MODULES) + "print('ok')\n")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=300)
+    result = _import_blocking("torch", TORCH_FREE_TASK_MODULES)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr[-3000:]
 
 
