@@ -303,6 +303,12 @@ def started_job(cfg: CCDConfig, folder: str, job: str, checks: list[str],
 def run_job(args: argparse.Namespace, body: Callable[[argparse.Namespace], int]) -> int:
     """Run a job's body on its arguments; any exception becomes one line on stderr and its exit
     code (with the traceback before it under --debug)."""
+    # A library's module-level logging.info() (open_clip's model loading, in the embedded
+    # default's pretraining before the run log opens) would otherwise give the root logger a
+    # console handler, and every INFO record of the run would then reach the console too.
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.NullHandler())
     try:
         return body(args)
     except (Exception, KeyboardInterrupt) as exc:

@@ -139,3 +139,23 @@ def test_the_sweep_runs_the_same_checks(tmp_path):
     assert result.returncode == 3, result.stderr
     assert result.stderr.splitlines() == [result.stderr.strip()]
     assert result.stderr.startswith("error: data.corpus_uri") and not (tmp_path / "out").exists()
+
+
+def test_a_librarys_root_logging_call_gives_the_console_no_info_lines():
+    """open_clip logs with the module-level logging.info(), which installs a console handler on
+    a root logger that has none; under run_job it does not, so the run's INFO records stay in
+    the run log (the same body outside run_job shows what would reach the console)."""
+    body = ("import logging\n"
+            "def body(args):\n"
+            "    logging.info('a library line')\n"
+            "    logging.getLogger().setLevel(logging.INFO)\n"
+            "    logging.getLogger('ccd.test').info('an INFO record')\n"
+            "    return 0\n")
+    for wrapped, expect_info in ((True, False), (False, True)):
+        call = ("import argparse\nfrom ccd_ray.cli import run_job\n"
+                "raise SystemExit(run_job(argparse.Namespace(debug=False), body))\n"
+                if wrapped else "raise SystemExit(body(None))\n")
+        result = subprocess.run([sys.executable, "-c", body + call], capture_output=True,
+                                text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert ("INFO:ccd.test:an INFO record" in result.stderr) == expect_info, result.stderr
