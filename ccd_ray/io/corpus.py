@@ -30,15 +30,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from ccd_ray.config import CCDConfig, ConfigError
-from ccd_ray.io.storage import (
-    MARKER,
-    RunStore,
-    exists,
-    filesystem_for,
-    list_files,
-    read_bytes,
-    read_json,
-)
+from ccd_ray.io.storage import RunStore, filesystem_for, list_files, read_bytes
 
 # What a corpus reads as (ids, decoded pixels) beyond the config; cached teacher scores name it,
 # so bump it when a change to the readers or decoding changes either.
@@ -381,14 +373,18 @@ MANIFEST_STAGE = "corpus-manifest"
 MANIFEST_FILE = "layout.parquet"
 
 
-def _manifest_marker(cfg: CCDConfig) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path) of the run's manifest marker: <output_uri>/<run_id>/corpus-manifest/."""
-    fs, base = filesystem_for(cfg.data.output_uri, cfg.data)
-    return fs, posixpath.join(base, cfg.run_id, MANIFEST_STAGE, MARKER)
-
-
 def _manifest_key(cfg: CCDConfig) -> dict[str, str]:
     return {"corpus_uri": cfg.data.corpus_uri, "corpus_format": cfg.data.corpus_format}
+
+
+def _committed_manifest(cfg: CCDConfig, store: RunStore) -> CorpusLayout | None:
+    """The run's committed manifest if it lists cfg's corpus (a run refuses another
+    corpus_uri or corpus_format; anything else under the run id, a test's or a sweep's
+    config, lists its own corpus)."""
+    folder = store.committed(MANIFEST_STAGE)
+    if folder is None or store.marker(MANIFEST_STAGE)["corpus"] != _manifest_key(cfg):
+        return None
+    return read_manifest(store.fs, folder)
 
 
 def write_manifest(fs: pafs.FileSystem, folder: str, layout: CorpusLayout) -> None:
@@ -413,15 +409,12 @@ def corpus_layout(cfg: CCDConfig) -> tuple[pafs.FileSystem, CorpusLayout]:
     committed one (listed once a run, so every pass and every resume of the run reads the same
     files, and a corpus of millions of objects is not listed again per pass), else listed now."""
     fs, root = filesystem_for(cfg.data.corpus_uri, cfg.data)
-    out_fs, marker = _manifest_marker(cfg)
-    if exists(out_fs, marker):
-        info = read_json(out_fs, marker)
-        # a run refuses another corpus_uri or corpus_format (check_run_config); anything else
-        # under this run id (a test's or a sweep's config) lists its own corpus
-        if info.get("corpus") == _manifest_key(cfg):
-            return fs, read_manifest(out_fs, posixpath.join(posixpath.dirname(marker),
-                                                            info["attempt"]))
-    return fs, discover(fs, root, cfg.data.files_per_task, cfg.data.corpus_format)
+    out_fs, base = filesystem_for(cfg.data.output_uri, cfg.data)
+    # the run's store as a plain value: RunStore.open would create the run's folder
+    layout = _committed_manifest(cfg, RunStore(out_fs, posixpath.join(base, cfg.run_id)))
+    if layout is None:
+        layout = discover(fs, root, cfg.data.files_per_task, cfg.data.corpus_format)
+    return fs, layout
 
 
 def commit_manifest(cfg: CCDConfig, store: RunStore, work_done: bool
@@ -432,14 +425,14 @@ def commit_manifest(cfg: CCDConfig, store: RunStore, work_done: bool
     committed work read from its corpus; a manifest of another corpus is then refused, and
     replaced otherwise (a start that stopped before any work, rerun with a corrected corpus)."""
     fs, root = filesystem_for(cfg.data.corpus_uri, cfg.data)
-    if store.committed(MANIFEST_STAGE) is not None:
+    layout = _committed_manifest(cfg, store)
+    if layout is not None:
+        return fs, layout, False
+    if work_done and store.committed(MANIFEST_STAGE) is not None:
         listed = store.marker(MANIFEST_STAGE)["corpus"]
-        if listed == _manifest_key(cfg):
-            return fs, read_manifest(store.fs, store.committed(MANIFEST_STAGE)), False
-        if work_done:
-            raise ConfigError(f"run {store.root} reads the corpus {listed['corpus_uri']} "
-                              f"(data.corpus_format={listed['corpus_format']}), not "
-                              f"{cfg.data.corpus_uri}; use a new run id for another corpus")
+        raise ConfigError(f"run {store.root} reads the corpus {listed['corpus_uri']} "
+                          f"(data.corpus_format={listed['corpus_format']}), not "
+                          f"{cfg.data.corpus_uri}; use a new run id for another corpus")
     layout = discover(fs, root, cfg.data.files_per_task, cfg.data.corpus_format)
     attempt = store.begin(MANIFEST_STAGE)
     write_manifest(store.fs, attempt, layout)
