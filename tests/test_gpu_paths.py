@@ -5,12 +5,12 @@ rejected, and benchmarks/gpu_check.py's no-GPU and CPU smoke paths."""
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
+from script_modules import load_script
 
 from ccd_ray.config import ConfigError
 from ccd_ray.method import scoring
@@ -169,10 +169,7 @@ def test_consistent_device_settings_validate(make_config, overrides):
 # --- benchmarks/gpu_check.py (run in this process: torch and open_clip are already loaded) ---
 
 def _gpu_check_module():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "gpu_check.py", "gpu_check")
 
 
 def test_gpu_check_without_gpu_measures_nothing(no_cuda, capsys, monkeypatch):

@@ -4,7 +4,6 @@ and its --device cpu smoke run end to end in a subprocess (it starts a Ray of it
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from script_modules import load_script
 
 from ccd_ray.config import DataConfig
 from ccd_ray.io.storage import RunStore, write_json
@@ -22,10 +22,7 @@ SCRIPT = ROOT / "benchmarks" / "gpu_ray_check.py"
 
 @pytest.fixture(scope="module")
 def check():
-    spec = importlib.util.spec_from_file_location("gpu_ray_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "gpu_ray_check")
 
 
 def test_flop_share_and_gpu_windows(check):

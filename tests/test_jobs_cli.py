@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -13,6 +12,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from script_modules import load_script
 
 from ccd_ray.io.decode import encode_png
 
@@ -21,10 +21,7 @@ JOBS = REPO / "jobs"
 
 
 def load_job(name: str):
-    spec = importlib.util.spec_from_file_location(name, JOBS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(JOBS / f"{name}.py", name)
 
 
 def test_pack_shards_from_a_folder(tmp_path):

@@ -5,7 +5,6 @@ predicts only the other shards. Plus the shard bookkeeping and the CLI's refusal
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import logging
 import posixpath
@@ -18,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import INTEGRATION, TEST_CLASSES, make_classifier
+from script_modules import load_script
 
 from ccd_ray.demo.scenes import make_scenes
 from ccd_ray.io.decode import EMPTY, NOT_AN_IMAGE, TRUNCATED, decode_image, encode_png
@@ -43,10 +43,7 @@ class Killed(Exception):
 
 def _job():
     """jobs/predict.py as a module (jobs/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("predict_job", ROOT / "jobs" / "predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "jobs" / "predict.py", "predict_job")
 
 
 def test_shard_tally_completes_a_shard_only_when_every_row_is_written():

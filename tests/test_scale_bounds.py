@@ -154,16 +154,13 @@ def test_the_bound_catches_per_row_python_objects(cache_entry):
 def test_the_scale_benchmarks_job_config_is_a_valid_config(tmp_path):
     """benchmarks/scale.py's job: the embedded default's YAML with its overrides, loadable by
     the job (a broken config would only show after minutes of corpus writing)."""
-    import importlib.util
-
     import yaml
+    from script_modules import load_script
 
     from ccd_ray.config import load_config
 
-    spec = importlib.util.spec_from_file_location(
-        "scale_benchmark", Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py")
-    scale = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(scale)
+    scale = load_script(Path(__file__).resolve().parents[1] / "benchmarks" / "scale.py",
+                        "scale_benchmark")
     config = scale.job_config("local-dir:/nowhere/teacher")
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
