@@ -30,9 +30,9 @@ def _write_inputs(folder, files: int, rows: int, holdout_every: int, size: int =
 
 
 def test_sample_rows_stop_once_they_have_the_held_out_samples(tmp_path):
-    # held-out rows every 3rd row of the first files; the later files are not Parquet at all,
-    # so reading the whole table would raise
-    _write_inputs(tmp_path, files=8, rows=10, holdout_every=3, garbage_after=3)
+    # held-out rows every 3rd row: the 8 samples are in the first 2 files; every later file,
+    # the very next one included, is not Parquet at all, so reading any of them would raise
+    _write_inputs(tmp_path, files=8, rows=10, holdout_every=3, garbage_after=2)
     rows = report.sample_rows(_Store(), str(tmp_path))
     assert rows.column("image_id").to_pylist() == [
         "img-000-0", "img-000-3", "img-000-6", "img-000-9",

@@ -84,10 +84,19 @@ def sample_rows(store: RunStore, inputs_path: str) -> pa.Table:
     have them, then one scan for those ids stops at the last of them. The driver holds one
     batch of SAMPLES rows at a time (plus at most one Parquet row group being decoded)."""
     dataset = pads.dataset(inputs_path, filesystem=store.fs, format="parquet")
+    fragments = list(dataset.get_fragments())
 
     def head(count: int, columns: list[str], condition) -> pa.Table:
-        return dataset.head(count, columns=columns, filter=condition, batch_size=SAMPLES,
-                            batch_readahead=1, fragment_readahead=1)
+        # file by file, in order: a dataset-wide scan reads files ahead of the one it is in
+        # (fragment_readahead >= 1), so how far past the last row it needs varied run to run
+        parts, found = [dataset.schema.empty_table().select(columns)], 0
+        for fragment in fragments:
+            if found >= count:
+                break
+            parts.append(fragment.head(count - found, columns=columns, filter=condition,
+                                       batch_size=SAMPLES, batch_readahead=1))
+            found += parts[-1].num_rows
+        return pa.concat_tables(parts)
 
     ids = head(SAMPLES, ["image_id"], pc.field("holdout")).column("image_id").to_pylist()
     if len(ids) < SAMPLES:
