@@ -393,29 +393,24 @@ class _PeakRss:
 
 
 def _write_entry(folder: Path, ids, classes: int, views: int, rng) -> None:
-    """A score-cache entry as the teacher actors write it (VIEW_SCHEMA), 100,000 rows a file,
-    uniform random scores."""
+    """A score-cache entry as the teacher actors write it (stages.actors.views_table), 100,000
+    rows a file, uniform random scores."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ccd_ray.stages.actors import VIEW_SCHEMA
+    from ccd_ray.stages.actors import views_table
 
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     for part, start in enumerate(range(0, len(ids), 100_000)):
         n = min(100_000, len(ids) - start)
-        scores = rng.random((n * views, classes), dtype=np.float32)
-        box_offsets = np.arange(0, 4 * n * views + 1, 4 * views, dtype=np.int32)
-        score_offsets = np.arange(0, scores.size + 1, views * classes, dtype=np.int32)
-        table = pa.Table.from_arrays([
-            pa.array(ids[start:start + n]), pa.array(np.full(n, 96, np.int32)),
-            pa.array(np.full(n, 96, np.int32)),
-            pa.ListArray.from_arrays(pa.array(box_offsets),
-                                     pa.array(np.zeros(4 * n * views, np.int32))),
-            pa.ListArray.from_arrays(pa.array(score_offsets), pa.array(scores.ravel())),
-            pa.array(np.full(n, views, np.int32)), pa.array(np.ones(n, np.int64)),
-            pa.nulls(n, pa.string()), pa.nulls(n, pa.string())], schema=VIEW_SCHEMA)
+        sides = np.full(n, 96, np.int32)
+        table = views_table(pa.array(ids[start:start + n]), np.full(n, views, np.int32),
+                            sides, sides, np.zeros((n * views, 4), np.int32),
+                            rng.random((n * views, classes), dtype=np.float32),
+                            np.ones(n, np.int64), pa.nulls(n, pa.string()),
+                            pa.nulls(n, pa.string()))
         pq.write_table(table, folder / f"part-{part:05d}.parquet")
 
 

@@ -84,9 +84,16 @@ def _decoded(batch: pa.Table, rows: list[int], cfg) -> list[torch.Tensor]:
 
 
 def _pooled(out: pa.Table, rows: list[int], num_classes: int) -> np.ndarray:
-    """Max over each row's views, as the label step pools them."""
-    return np.stack([np.asarray(out.column("view_scores")[i].as_py()).reshape(-1, num_classes)
-                     .max(axis=0) for i in rows])
+    """Max over each row's views, as the label step pools them; the stored pooled columns
+    (max and mean, null on failed rows) must say the same as the per-view scores."""
+    per_view = [np.asarray(out.column("view_scores")[i].as_py()).reshape(-1, num_classes)
+                for i in rows]
+    for how, pool in (("max", np.max), ("mean", np.mean)):
+        stored = out.column(f"{how}_scores").to_pylist()
+        assert [i for i, v in enumerate(stored) if v is not None] == rows
+        np.testing.assert_allclose([stored[i] for i in rows], [pool(v, axis=0) for v in per_view],
+                                   rtol=1e-6, atol=1e-7)
+    return np.stack([v.max(axis=0) for v in per_view])
 
 
 def test_initial_scorer_scores_every_view_and_carries_errors(initial_scorer, batch, expected,
@@ -125,6 +132,7 @@ def test_initial_scorer_on_a_batch_without_good_rows(initial_scorer, batch, expe
                                  for i in batch.column("image_id").to_pylist()]))
     out = initial_scorer(bad)
     assert out.num_rows == bad.num_rows and out.column("view_scores").null_count == bad.num_rows
+    assert out.column("max_scores").null_count == bad.num_rows
     assert _check_errors(out, expected) == []
 
 

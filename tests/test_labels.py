@@ -27,6 +27,8 @@ def test_pool_views_max_and_mean():
         L.pool_views(views, np.array([3]), "median")
     with pytest.raises(ValueError, match="at least 1"):
         L.pool_views(views, np.array([3, 0]), "max")
+    # a batch of failed images only: no rows, still C columns
+    assert L.pool_views(np.zeros((0, 3), np.float32), np.zeros(0, np.int32), "max").shape == (0, 3)
 
 
 def test_pool_views_splits_in_order():

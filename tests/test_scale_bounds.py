@@ -1,14 +1,15 @@
 """Driver-side label derivation stays within a small multiple of its float32 matrices.
 
 A synthetic score-cache entry of 200,000 images x 2 views x 20 classes (the Parquet layout the
-teacher actors write) is pooled with score_cache.read_pooled, the bias and the round's labels
-are derived (labels.initial_bias, labels.round_labels), and a labels folder is read back with
-labeling.read_scores. tracemalloc sees every Python object and numpy array the driver makes
-(not Arrow's or torch's own buffers, which hold data zero-copy or in C): a per-row Python
-object, such as a list per row from `to_pylist()` or `tolist()`, costs tens of bytes per
-element and breaks the bound, which the last test checks on a list-based pooling. (An RSS
-bound was tried and dropped: the first call's RSS rise carries pyarrow's and torch's one-time
-pools, 337 MB here, and later calls reuse freed pages, 1-61 MB, so it bounds nothing.)"""
+teacher actors write, stages.actors.views_table) is pooled with score_cache.read_pooled, the
+bias and the round's labels are derived (labels.initial_bias, labels.round_labels), and a
+labels folder is read back with labeling.read_scores. tracemalloc sees every Python object and
+numpy array the driver makes (not Arrow's or torch's own buffers, which hold data zero-copy or
+in C): a per-row Python object, such as a list per row from `to_pylist()` or `tolist()`,
+costs tens of bytes per element and breaks the bound, which the last test checks on a
+list-based pooling. (An RSS bound was tried and dropped: the first call's RSS rise carries
+pyarrow's and torch's one-time pools, 337 MB here, and later calls reuse freed pages, 1-61 MB,
+so it bounds nothing.)"""
 
 from __future__ import annotations
 
@@ -24,18 +25,18 @@ import torch
 
 from ccd_ray.method import labels as label_ops
 from ccd_ray.stages import labeling, score_cache
-from ccd_ray.stages.actors import VIEW_SCHEMA
+from ccd_ray.stages.actors import views_table
 
 IMAGES, VIEWS, CLASSES, ERRORS, FILES = 200_000, 2, 20, 10, 8
-# ids: one fixed-width numpy unicode array (4 bytes a character) and, while Arrow converts
-# the string column, one Python str per row; that is O(N) but one object per row, not per cell
-ID_BYTES = 4 * 13 + 80
+# ids: one fixed-width numpy unicode array, 4 bytes a character (rows.id_array converts the
+# Arrow column through its bytes, with no Python str per row)
+ID_BYTES = 4 * 13
 
 
 def pool_bound(images: int) -> int:
-    """A small multiple of the matrices read: the float32 view scores (32 MB for IMAGES)
-    copied once, their pooled matrix, float64 temporaries of the mean, plus the ids."""
-    return images * (3 * VIEWS * CLASSES * 4 + ID_BYTES)
+    """A small multiple of the pooled matrix read (the actors stored it, 16 MB for IMAGES):
+    its copy out of Arrow, the bias's chunks and both rounds' labels, plus the ids."""
+    return images * (4 * CLASSES * 4 + ID_BYTES)
 
 
 POOL_BOUND = pool_bound(IMAGES)
@@ -57,18 +58,13 @@ def cache_entry(tmp_path_factory) -> str:
     views = np.full(IMAGES, VIEWS, np.int32)
     views[:ERRORS] = 0
     scores = rng.random((int(views.sum()), CLASSES), dtype=np.float32)
-    offsets = np.r_[0, np.cumsum(views) * CLASSES].astype(np.int32)
     error = pa.array([f"decode: broken {i}" for i in range(ERRORS)] + [None] * (IMAGES - ERRORS),
                      pa.string())
-    table = pa.Table.from_arrays([
-        pa.array(ids), pa.array(np.full(IMAGES, 96, np.int32)), pa.array(np.full(IMAGES, 96,
-                                                                                  np.int32)),
-        pa.ListArray.from_arrays(pa.array(np.r_[0, np.cumsum(views) * 4].astype(np.int32)),
-                                 pa.array(np.zeros(int(views.sum()) * 4, np.int32))),
-        pa.ListArray.from_arrays(pa.array(offsets), pa.array(scores.ravel())),
-        pa.array(views), pa.array(np.ones(IMAGES, np.int64)), error,
-        pa.array(["decode"] * ERRORS + [None] * (IMAGES - ERRORS), pa.string())],
-        schema=VIEW_SCHEMA)
+    sides = np.full(IMAGES, 96, np.int32)
+    table = views_table(pa.array(ids), views, sides, sides,
+                        np.zeros((int(views.sum()), 4), np.int32), scores,
+                        np.ones(IMAGES, np.int64), error,
+                        pa.array(["decode"] * ERRORS + [None] * (IMAGES - ERRORS), pa.string()))
     for part, start in enumerate(range(0, IMAGES, IMAGES // FILES)):
         pq.write_table(table.slice(start, IMAGES // FILES), folder / f"part-{part}.parquet")
     return str(folder)

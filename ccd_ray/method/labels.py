@@ -30,7 +30,9 @@ def pool_views(scores: np.ndarray, views: np.ndarray, how: str) -> np.ndarray:
     if int(views.sum()) != len(scores) or (len(views) and int(views.min()) < 1):
         raise ValueError(f"views {views.tolist()[:5]}...: expected at least 1 an image and "
                          f"{len(scores)} in all")
-    if len(views) and bool(np.all(views == views[0])):
+    if not len(views):
+        return np.zeros((0, scores.shape[1]), np.float32)
+    if bool(np.all(views == views[0])):
         v = int(views[0])
         pooled = scores[0::v].copy()
         for k in range(1, v):

@@ -1,4 +1,5 @@
-"""Joins of per-image rows by image id, and the training rows of stored inputs.
+"""Per-image rows: Arrow columns as NumPy arrays, joins by image id, and the training rows of
+stored inputs.
 
 NumPy only (no torch): Ray Data's read workers, which decode the training inputs and attach
 their targets every epoch, import this module, and a worker process that imported torch and
@@ -7,10 +8,51 @@ torchvision first would take seconds longer to start."""
 from __future__ import annotations
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from ccd_ray.io.inputs_codec import decode_inputs
 
 Chunk = dict[str, np.ndarray]
+
+
+def id_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An Arrow column of image ids as the NumPy fixed-width strings the joins sort and search.
+    ASCII ids (the usual case) go through the bytes, padded with NULs to the longest id, which
+    NumPy strips: no Python object per row (at 10^6 ids, ~0.8 s of a driver's label step
+    otherwise). Other ids take NumPy's own conversion, one Python string each."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if column.null_count:
+        raise ValueError(f"{column.null_count} image id(s) are null")
+    width = pc.max(pc.binary_length(column)).as_py() if len(column) else 0
+    if not width or not pc.all(pc.string_is_ascii(column)).as_py():
+        return np.asarray(column.to_numpy(zero_copy_only=False), dtype=str)
+    padded = pc.utf8_rpad(column.cast(pa.string()), width=width, padding="\0")
+    offsets = np.frombuffer(padded.buffers()[1], np.int32)[padded.offset:][:len(padded) + 1]
+    data = padded.buffers()[2]
+    raw = np.frombuffer(data, np.uint8)[offsets[0]:offsets[-1]]
+    return raw.view(f"S{width}").astype(f"U{width}")
+
+
+def list_matrix(column: pa.Array | pa.ChunkedArray, width: int | None = None) -> np.ndarray:
+    """A list column of `width` numbers a row (None: as many as the rows hold, the same in each)
+    as a writable N x width float32 matrix: one copy of the values (the chunks' flattened
+    lists, so sliced arrays read right), no Python objects. A null row or a row of another
+    length is an error, not a reshaped matrix."""
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    rows = sum(len(c) for c in chunks)
+    flat = np.concatenate([c.flatten().to_numpy(zero_copy_only=False) for c in chunks]
+                          + [np.zeros(0, np.float32)]).astype(np.float32, copy=False)
+    expected = f"{width} values" if width is not None else "as many values"
+    if width is None:
+        width = flat.size // rows if rows else 0
+    lengths = [pc.list_value_length(c) for c in chunks if len(c)]
+    if flat.size != rows * width or any(
+            c.null_count or pc.any(pc.not_equal(c, width)).as_py() for c in lengths):
+        raise ValueError(f"expected {expected} in each of {rows} rows (none null), found "
+                         f"{flat.size} in all")
+    return flat.reshape(rows, width)
 
 
 def find_rows(ids: np.ndarray, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

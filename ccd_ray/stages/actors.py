@@ -1,8 +1,10 @@
 """Callable classes that Ray Data runs as actor pools: each builds its model once in __init__
 and maps a pyarrow batch to a pyarrow batch. They import no Ray, so tests call them directly.
 
-One family emits the teacher's scores of every view, unpooled (`VIEW_SCHEMA`): a round's raw
-stage is a score-cache entry, and pooling over views is a label step. Phase 2 chains two pools:
+One family emits the teacher's scores of every view (`VIEW_SCHEMA`), and beside them each
+image's views pooled both ways (`max_scores`, `mean_scores`): a round's raw stage is a
+score-cache entry, and the driver's label step reads one C-wide pooled row an image instead
+of decoding every view's scores. Phase 2 chains two pools:
 `CamBoxer` decodes each image once and hands its pixels and view boxes to `GuidedViewScorer`.
 
 Rows that arrive with an error pass through untouched; rows whose bytes do not decode leave
@@ -21,6 +23,7 @@ from ccd_ray.config import config_from_dict
 from ccd_ray.io.decode import decode_image
 from ccd_ray.io.inputs_codec import decode_inputs
 from ccd_ray.method.classifier import load_classifier, normalise
+from ccd_ray.method.labels import pool_views
 from ccd_ray.method.scoring import (
     classifier_outputs,
     phase1_boxes,
@@ -33,12 +36,42 @@ from ccd_ray.method.teacher import Teacher
 VIEW_SCHEMA = pa.schema([("image_id", pa.string()), ("height", pa.int32()),
                          ("width", pa.int32()), ("boxes", pa.list_(pa.int32())),
                          ("view_scores", pa.list_(pa.float32())), ("views", pa.int32()),
+                         ("max_scores", pa.list_(pa.float32())),
+                         ("mean_scores", pa.list_(pa.float32())),
                          ("teacher_passes", pa.int64()), ("error", pa.string()),
                          ("error_stage", pa.string())])
 BOXES_SCHEMA = pa.schema([("image_id", pa.string()), ("pixels", pa.binary()),
                           ("height", pa.int32()), ("width", pa.int32()),
                           ("boxes", pa.list_(pa.int32())), ("error", pa.string()),
                           ("error_stage", pa.string())])
+
+
+def views_table(image_ids: pa.Array | pa.ChunkedArray, views: np.ndarray, heights: np.ndarray,
+                widths: np.ndarray, boxes: np.ndarray, scores: np.ndarray, passes: np.ndarray,
+                errors: list | pa.Array, stages: list | pa.Array) -> pa.Table:
+    """Rows of VIEW_SCHEMA built from whole-batch arrays (no list per row): views[i] is
+    image i's view count, 0 for a row that failed (nulls then); boxes and scores are every
+    good image's V_i x 4 boxes and V_i x C scores, concatenated in row order."""
+    missing = np.asarray(views) == 0
+    counts = np.asarray(views)[~missing]
+    classes = scores.shape[1]
+
+    def lists(values: np.ndarray, per_row: np.ndarray, dtype) -> pa.ListArray:
+        offsets = np.zeros(len(views) + 1, np.int32)
+        np.cumsum(per_row, out=offsets[1:])
+        return pa.ListArray.from_arrays(pa.array(offsets),
+                                        pa.array(np.ascontiguousarray(values, dtype).ravel()),
+                                        mask=pa.array(missing))
+
+    pooled_width = np.where(missing, 0, classes)
+    return pa.Table.from_arrays([
+        image_ids, pa.array(heights, pa.int32(), mask=missing),
+        pa.array(widths, pa.int32(), mask=missing), lists(boxes, 4 * views, np.int32),
+        lists(scores, classes * views, np.float32), pa.array(views, pa.int32()),
+        lists(pool_views(scores, counts, "max"), pooled_width, np.float32),
+        lists(pool_views(scores, counts, "mean"), pooled_width, np.float32),
+        pa.array(passes, pa.int64()), pa.array(errors, pa.string()),
+        pa.array(stages, pa.string())], schema=VIEW_SCHEMA)
 
 
 class _DecodingStage:
@@ -89,21 +122,19 @@ class _TeacherStage(_DecodingStage):
                    boxes: list[np.ndarray], errors: list, stages: list) -> pa.Table:
         before = self.teacher.forward_passes
         scores = score_views(self.teacher, images, boxes, self.cfg.teacher.batch_size)
-        n = batch.num_rows
-        heights, widths, box_cols, score_cols = [None] * n, [None] * n, [None] * n, [None] * n
-        counts, passes = [0] * n, [0] * n
+        n, classes = batch.num_rows, len(self.cfg.classes.names)
+        views, heights, widths = (np.zeros(n, np.int32) for _ in range(3))
         for slot, i in enumerate(good):
-            heights[i], widths[i] = int(images[slot].shape[1]), int(images[slot].shape[2])
-            box_cols[i] = boxes[slot].astype(np.int32).ravel().tolist()
-            score_cols[i] = scores[slot].ravel().tolist()
-            counts[i] = len(boxes[slot])
+            views[i] = len(boxes[slot])
+            heights[i], widths[i] = images[slot].shape[1], images[slot].shape[2]
+        passes = np.zeros(n, np.int64)
         if n:
             passes[0] = self.teacher.forward_passes - before
-        return pa.Table.from_pydict({"image_id": batch.column("image_id"), "height": heights,
-                                     "width": widths, "boxes": box_cols,
-                                     "view_scores": score_cols, "views": counts,
-                                     "teacher_passes": passes, "error": errors,
-                                     "error_stage": stages}, schema=VIEW_SCHEMA)
+        return views_table(
+            batch.column("image_id"), views, heights, widths,
+            np.concatenate(boxes) if boxes else np.zeros((0, 4)),
+            np.concatenate(scores) if scores else np.zeros((0, classes), np.float32),
+            passes, errors, stages)
 
 
 class InitialViewScorer(_TeacherStage):

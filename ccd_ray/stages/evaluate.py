@@ -18,7 +18,7 @@ from ccd_ray.io.storage import RunStore, read_json, write_bytes, write_json
 from ccd_ray.method import labels as label_ops
 from ccd_ray.method.export import STANDALONE_FILE, export_standalone
 from ccd_ray.method.metrics import score_rows
-from ccd_ray.method.rows import find_rows
+from ccd_ray.method.rows import find_rows, id_array, list_matrix
 from ccd_ray.method.schedule import is_holdout
 from ccd_ray.stages import labeling
 from ccd_ray.stages.actors import InputsPredictor
@@ -59,8 +59,8 @@ def classifier_scores(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes
         return ClassifierScores(np.zeros(0, str), np.zeros((0, len(cfg.classes.names)),
                                                            np.float32), np.zeros(0, bool))
     table = pa.concat_tables(blocks)
-    ids = np.asarray(table.column("image_id").to_numpy(zero_copy_only=False), dtype=str)
-    probs = table.column("probs").combine_chunks().values.to_numpy().reshape(len(ids), -1)
+    ids = id_array(table.column("image_id"))
+    probs = list_matrix(table.column("probs"), len(cfg.classes.names))
     holdout = table.column("holdout").to_numpy(zero_copy_only=False).astype(bool)
     order = np.argsort(ids, kind="stable")
     return ClassifierScores(ids[order], probs[order].astype(np.float32, copy=False),

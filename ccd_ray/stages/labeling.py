@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 from ccd_ray.config import CCDConfig
 from ccd_ray.io.storage import RunStore, write_json
 from ccd_ray.method import labels as label_ops
+from ccd_ray.method.rows import id_array, list_matrix
 from ccd_ray.stages import score_cache
 from ccd_ray.stages.score_cache import ERRORS_SCHEMA, TooManyErrors
 
@@ -103,10 +104,8 @@ def read_scores(fs, folder: str) -> tuple[np.ndarray, np.ndarray]:
     objects."""
     table = pads.dataset(folder, filesystem=fs, format="parquet").to_table(
         columns=["image_id", "scores"]).sort_by("image_id")
-    ids = np.asarray(table.column("image_id").to_numpy(zero_copy_only=False), dtype=str)
-    scores = table.column("scores").combine_chunks()
-    matrix = scores.values.to_numpy(zero_copy_only=False).astype(np.float32)  # writable
-    return ids, matrix.reshape(len(ids), -1)
+    ids = id_array(table.column("image_id"))
+    return ids, list_matrix(table.column("scores"))
 
 
 def write_parquet_rows(fs, folder: str, table: pa.Table, rows_per_file: int = 200_000) -> None:

@@ -2,7 +2,8 @@
 not depend on a changed hyperparameter is never redone.
 
 An entry is one committed stage `<output_uri>/score-cache/<kind>-<key>/` holding, per image,
-the exact boxes of its views (decoded-pixel geometry) and each view's C scores, written per
+the exact boxes of its views (decoded-pixel geometry), each view's C scores and the image's
+views pooled by max and by mean (C scores each, what the label steps read), written per
 shard of the corpus (stages/shards.py): `shards/shard-NNNNNN/` is one committed stage per
 read task, `_layout.json` the corpus layout (shard count, digest of the shards' files) they
 come from, and the entry's commit sums the shards' counts and lists their files
@@ -38,7 +39,7 @@ import pyarrow.dataset as pads
 from ccd_ray.config import CCDConfig
 from ccd_ray.io.corpus import READER_VERSION, corpus_layout
 from ccd_ray.io.storage import RunStore, exists, read_json, write_json
-from ccd_ray.method import labels as label_ops
+from ccd_ray.method.rows import id_array, list_matrix
 from ccd_ray.method.shards import shards_digest
 from ccd_ray.method.teacher import LOCAL_DIR_PREFIX
 from ccd_ray.stages.actors import CamBoxer, GuidedViewScorer, InitialViewScorer
@@ -61,8 +62,9 @@ KEY_FILE = "_key.json"
 FILES_FILE = "_files.json"    # in the committed attempt: the entry's files
 LAYOUT_FILE = "_layout.json"  # in the entry folder: the corpus layout its shards come from
 # The version of an entry's layout, part of every key: entries written before per-shard
-# commits (no _files.json) are then never read as hits, but scored again.
-ENTRY_LAYOUT = 2
+# commits (no _files.json, 1) or before the pooled columns (2) are then never read as hits,
+# but scored again.
+ENTRY_LAYOUT = 3
 
 
 def _file_digest(path: Path) -> str:
@@ -242,27 +244,24 @@ def guided_view_scores(cfg: CCDConfig, classifier_bytes: bytes, threshold: float
 
 def read_pooled(fs, files: list[str] | str, num_classes: int, how: str
                 ) -> tuple[np.ndarray, np.ndarray, pa.Table]:
-    """(ids sorted, N x C pooled scores, error rows image_id/stage/reason) of per-view score
-    rows (an entry's entry_files, or a folder of such files), pooled over each image's views
-    as labels.aggregation says: the pooling runs after the cache, so max and mean share an
-    entry. Vectorised over Arrow buffers: no per-row Python objects."""
+    """(ids sorted, N x C pooled scores, error rows image_id/stage/reason) of an entry's files
+    (entry_files, or a folder of such files), pooled over each image's views as
+    labels.aggregation says. The actors stored both poolings beside the per-view scores, so
+    max and mean share an entry and this reads one C-wide row an image: a zero-copy read of
+    N x C float32 and the ids, no per-row Python objects."""
+    if how not in ("max", "mean"):
+        raise ValueError(f"aggregation {how!r}: expected 'max' or 'mean'")
     table = pads.dataset(files, filesystem=fs, format="parquet").to_table(
-        columns=["image_id", "view_scores", "views", "error", "error_stage"])
+        columns=["image_id", f"{how}_scores", "error", "error_stage"])
     bad = pc.is_valid(table.column("error"))
     errors = table.filter(bad)
     errors = pa.table({"image_id": errors.column("image_id"), "stage": errors.column("error_stage"),
                        "reason": errors.column("error")}, schema=ERRORS_SCHEMA)
     if len(errors):
         table = table.filter(pc.invert(bad))
-    ids = np.asarray(table.column("image_id").to_numpy(zero_copy_only=False), dtype=str)
-    if not len(ids):
-        return ids, np.zeros((0, num_classes), np.float32), errors
-    views = table.column("views").to_numpy()
-    flat = table.column("view_scores").combine_chunks().values.to_numpy(zero_copy_only=False)
-    scores = flat.astype(np.float32, copy=False).reshape(-1, num_classes)
-    pooled = label_ops.pool_views(scores, views, how)
-    # sort the ids and the pooled rows, not the table with its per-view score lists (entries
-    # are written in shard order, so the ids are often sorted already: no copy then)
+    ids = id_array(table.column("image_id"))
+    pooled = list_matrix(table.column(f"{how}_scores"), num_classes)
+    # entries are written in shard order, so the ids are often sorted already: no copy then
     if len(ids) > 1 and not bool(np.all(ids[1:] >= ids[:-1])):
         order = np.argsort(ids, kind="stable")
         ids, pooled = ids[order], pooled[order]
