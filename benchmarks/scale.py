@@ -36,7 +36,7 @@ The micro-benchmark (--micro-rows x --micro-classes, default 10^6 x 80) times on
 on synthetic scores: score_cache.read_pooled of a written score-cache entry of
 --micro-views views an image (the round's raw scores as labeling.read_raw reads them),
 labels.initial_bias, labels.round_labels (round 0, and round 1 fused with round 0),
-labeling.read_scores of a labels folder, and labeling.labels_table (the table
+labeling.read_scores of a labels folder, and rows.labels_table (the table
 commit_labels writes) on --micro-table-rows rows, scaled linearly to --micro-rows. For each,
 wall and CPU seconds (after an untimed warm-up on 1,000 rows) and the peak RSS above the RSS
 before (VmHWM reset through /proc/self/clear_refs).
@@ -423,6 +423,7 @@ def _derivation_steps(entry: Path, labels_dir: Path, classes: int, table_rows: i
     import torch
 
     from ccd_ray.method import labels as label_ops
+    from ccd_ray.method.rows import labels_table
     from ccd_ray.stages import labeling, score_cache
 
     fs, steps = pafs.LocalFileSystem(), {}
@@ -454,7 +455,7 @@ def _derivation_steps(entry: Path, labels_dir: Path, classes: int, table_rows: i
     names = [f"class-{c}" for c in range(classes)]
     rows = min(table_rows, len(ids))
     with _PeakRss() as m:
-        labeling.labels_table(ids[:rows], labels[:rows], names, 0.5)
+        labels_table(ids[:rows], labels[:rows], names, 0.5)
     steps["labels_table"] = {"rows_timed": rows, "seconds_timed": m.seconds,
                              "peak_rss_mb_timed": m.peak_mb,
                              "seconds": m.seconds * len(ids) / rows,

@@ -76,6 +76,7 @@ from ccd_ray.method.rows import align_rows
 from ccd_ray.method.schedule import is_holdout, selection_threshold
 from ccd_ray.method.scoring import classifier_outputs, relabel_boxes, score_boxes
 from ccd_ray.method.teacher import Teacher
+from ccd_ray.method.thresholds import binarize
 from ccd_ray.method.views import box_guided_boxes, rng_for
 from ccd_ray.stages.labeling import read_labels, read_raw
 from research import label_transfer, synth_ablation
@@ -323,7 +324,7 @@ def fusion(args, out: Path) -> None:
     truth = truth_matrix(corpus_truth(cfg), ids, CLASS_NAMES)[train].astype(bool)
     old, new = before[train], committed_labels(store, 1, ids)[train]
     threshold = cfg.labels.threshold
-    was, now = label_ops.binarize(old, threshold), label_ops.binarize(new, threshold)
+    was, now = binarize(old, threshold), binarize(new, threshold)
     lost, gained = was & ~now, ~was & now
 
     def share_true(moved: np.ndarray) -> str:

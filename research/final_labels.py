@@ -32,6 +32,7 @@ from ccd_ray.method.classifier import load_classifier, normalise
 from ccd_ray.method.metrics import score_rows
 from ccd_ray.method.rows import align_rows
 from ccd_ray.method.schedule import is_holdout
+from ccd_ray.method.thresholds import class_thresholds
 from ccd_ray.stages import labeling
 
 RULES = ("fixed", "rate", "otsu")
@@ -83,7 +84,7 @@ def measure_run(output_uri: str, run_id: str) -> dict[str, dict[str, dict[str, f
     table: dict[str, dict[str, dict[str, float]]] = {}
     for rule in RULES:
         def own(scores, rule=rule):
-            return label_ops.class_thresholds(scores, rule, fixed)
+            return class_thresholds(scores, rule, fixed)
         table.setdefault("teacher zero-shot, training split", {})[rule] = scored(
             raw_ids, raw, train_truth, own(raw))
         for source in SOURCES:

@@ -37,9 +37,9 @@ import torch
 from ccd_ray.config import TrainConfig
 from ccd_ray.io.inputs_codec import round_trip
 from ccd_ray.method.classifier import CAMClassifier, resize_images
-from ccd_ray.method.labels import binarize
 from ccd_ray.method.local import predict_pixels
 from ccd_ray.method.metrics import mean_average_precision
+from ccd_ray.method.thresholds import binarize
 from ccd_ray.method.training import fit_epochs
 
 MANIFEST = "sets.json"

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from ccd_ray.method import labels as L
+from ccd_ray.method import thresholds as T
 
 
 def _softmax_scores(n, c, seed, sharpness=3.0):
@@ -171,7 +172,7 @@ def test_smoothing_floor_and_binarize():
     s = torch.tensor([[0.01, 0.5, 0.04]])
     assert torch.equal(L.smoothing_floor(s, 0.0), s)
     torch.testing.assert_close(L.smoothing_floor(s, 0.05), torch.tensor([[0.05, 0.5, 0.05]]))
-    assert L.binarize(s.numpy(), 0.5).tolist() == [[False, True, False]]
+    assert T.binarize(s.numpy(), 0.5).tolist() == [[False, True, False]]
     assert _names(np.array([[0.6, 0.2], [0.5, 0.9], [0.1, 0.1]], np.float32), ["cat", "dog"],
                   0.5) == [["cat"], ["cat", "dog"], []]
     assert _names(np.zeros((0, 2), np.float32), ["cat", "dog"], 0.5) == []
@@ -189,7 +190,7 @@ def test_sample_weights():
 
 
 def _names(scores: np.ndarray, class_names: list[str], threshold) -> list[list[str]]:
-    offsets, classes = L.label_indices(scores, threshold)
+    offsets, classes = T.label_indices(scores, threshold)
     return [[class_names[c] for c in classes[a:b]] for a, b in zip(offsets[:-1], offsets[1:])]
 
 
@@ -205,7 +206,7 @@ def test_label_indices_per_class_thresholds():
 def test_rate_thresholds_label_as_many_images_as_the_scores_expect():
     rng = np.random.default_rng(0)
     scores = rng.random((200, 3)).astype(np.float32) ** np.array([1.0, 4.0, 0.25], np.float32)
-    thresholds = L.rate_thresholds(scores)
+    thresholds = T.rate_thresholds(scores)
     expected = np.rint(scores.sum(axis=0))
     # continuous scores have no ties: exactly round(sum) images per class reach the threshold
     np.testing.assert_array_equal((scores >= thresholds).sum(axis=0), expected)
@@ -216,9 +217,9 @@ def test_rate_thresholds_label_as_many_images_as_the_scores_expect():
     # hand example: class 0 sums to 1.6 -> 2 images (0.8, 0.5); class 1 sums to 0.3 -> at
     # least 1 image (its best, 0.2): a configured class is assumed to occur
     small = np.array([[0.8, 0.1], [0.5, 0.2], [0.3, 0.0]], np.float32)
-    np.testing.assert_array_equal(L.rate_thresholds(small), np.array([0.5, 0.2], np.float32))
+    np.testing.assert_array_equal(T.rate_thresholds(small), np.array([0.5, 0.2], np.float32))
     with pytest.raises(ValueError, match="at least one image"):
-        L.rate_thresholds(np.zeros((0, 2), np.float32))
+        T.rate_thresholds(np.zeros((0, 2), np.float32))
 
 
 def test_otsu_thresholds_split_each_class_between_its_own_modes():
@@ -231,7 +232,7 @@ def test_otsu_thresholds_split_each_class_between_its_own_modes():
     # class 1: absent ~0.55, present ~0.95 (an over-confident one, above it when absent)
     scores = np.stack([two_modes(0.05, 0.30, 150, 50),
                        two_modes(0.55, 0.95, 120, 80)], axis=1).clip(0, 1).astype(np.float32)
-    thresholds = L.otsu_thresholds(scores)
+    thresholds = T.otsu_thresholds(scores)
     assert 0.12 < thresholds[0] < 0.24
     assert 0.63 < thresholds[1] < 0.88
     truth = np.r_[np.zeros(150), np.ones(50)].astype(bool), \
@@ -240,19 +241,19 @@ def test_otsu_thresholds_split_each_class_between_its_own_modes():
         np.testing.assert_array_equal(scores[:, c] >= thresholds[c], truth[c])
     # every score in one bin: nothing to split, the bin's upper edge
     one_bin = np.full((5, 1), 0.301, np.float32)
-    assert L.otsu_thresholds(one_bin)[0] == pytest.approx(78 / 256)  # 0.301 is in bin 77
+    assert T.otsu_thresholds(one_bin)[0] == pytest.approx(78 / 256)  # 0.301 is in bin 77
 
 
 def test_class_thresholds_dispatch():
     scores = np.array([[0.8, 0.1], [0.5, 0.2], [0.3, 0.0]], np.float32)
-    np.testing.assert_array_equal(L.class_thresholds(scores, "fixed", 0.4),
+    np.testing.assert_array_equal(T.class_thresholds(scores, "fixed", 0.4),
                                   np.array([0.4, 0.4], np.float32))
-    np.testing.assert_array_equal(L.class_thresholds(scores, "rate", 0.4),
-                                  L.rate_thresholds(scores))
-    np.testing.assert_array_equal(L.class_thresholds(scores, "otsu", 0.4),
-                                  L.otsu_thresholds(scores))
+    np.testing.assert_array_equal(T.class_thresholds(scores, "rate", 0.4),
+                                  T.rate_thresholds(scores))
+    np.testing.assert_array_equal(T.class_thresholds(scores, "otsu", 0.4),
+                                  T.otsu_thresholds(scores))
     with pytest.raises(ValueError, match="threshold rule 'median'"):
-        L.class_thresholds(scores, "median", 0.4)
+        T.class_thresholds(scores, "median", 0.4)
 
 
 def test_final_label_scores_sources():

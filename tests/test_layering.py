@@ -50,7 +50,8 @@ def test_the_check_fails_for_a_module_that_imports_the_blocked_package(blocked, 
 # the part writers): each new worker process imports them, and torch with torchvision costs
 # it seconds (ccd_ray.stages.train imports in ~6 s on 2 cores, these in under 1 s).
 TORCH_FREE_TASK_MODULES = ["ccd_ray.stages.datasets", "ccd_ray.stages.shards",
-                           "ccd_ray.method.rows", "ccd_ray.method.shards"]
+                           "ccd_ray.method.rows", "ccd_ray.method.shards",
+                           "ccd_ray.method.thresholds"]
 
 
 def test_task_modules_import_without_torch():
@@ -64,5 +65,5 @@ def test_the_task_functions_live_in_those_modules():
     from ccd_ray.stages import datasets, shards
 
     for fn in (training_rows, datasets._read_task, shards._read_shards, shards._write_parts,
-               shards.write_views):
+               shards.write_views, shards.write_labels):
         assert fn.__module__ in TORCH_FREE_TASK_MODULES, fn

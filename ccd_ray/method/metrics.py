@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ccd_ray.method.labels import binarize
+from ccd_ray.method.thresholds import binarize
 
 
 def average_precision(scores: np.ndarray, targets: np.ndarray) -> float:
@@ -57,7 +57,7 @@ def f1_scores(scores: np.ndarray, targets: np.ndarray, threshold: float | np.nda
     """Per-class (C*) and overall (O*) precision, recall and F1 of predictions >= threshold
     (one number, or C per-class thresholds).
     A class with no predictions has precision 0; with no positives, recall 0. The predictions
-    are labels.binarize's, so a metric counts exactly the labels a run writes."""
+    are thresholds.binarize's, so a metric counts exactly the labels a run writes."""
     predicted = binarize(scores, threshold)
     truth = np.asarray(targets).astype(bool)
     tp = (predicted & truth).sum(axis=0).astype(np.float64)

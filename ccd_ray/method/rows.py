@@ -1,5 +1,5 @@
-"""Per-image rows: Arrow columns as NumPy arrays, joins by image id, and the training rows of
-stored inputs.
+"""Per-image rows: Arrow columns as NumPy arrays and labels as Arrow rows, joins by image id,
+and the training rows of stored inputs.
 
 NumPy only (no torch): Ray Data's read workers, which decode the training inputs and attach
 their targets every epoch, import this module, and a worker process that imported torch and
@@ -12,8 +12,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ccd_ray.io.inputs_codec import decode_inputs
+from ccd_ray.method.thresholds import label_indices
 
 Chunk = dict[str, np.ndarray]
+# a round's (and the final, and predict's) labels files, and the error rows beside them
+LABELS_SCHEMA = pa.schema([("image_id", pa.string()), ("scores", pa.list_(pa.float32())),
+                           ("labels", pa.list_(pa.string()))])
+ERRORS_SCHEMA = pa.schema([("image_id", pa.string()), ("stage", pa.string()),
+                           ("reason", pa.string())])
 
 
 def id_array(column: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -53,6 +59,21 @@ def list_matrix(column: pa.Array | pa.ChunkedArray, width: int | None = None) ->
         raise ValueError(f"expected {expected} in each of {rows} rows (none null), found "
                          f"{flat.size} in all")
     return flat.reshape(rows, width)
+
+
+def labels_table(ids: np.ndarray, scores: np.ndarray, class_names: list[str],
+                 threshold: float | np.ndarray) -> pa.Table:
+    """Rows (image_id, scores, labels: the names of the classes at or above threshold) built
+    column-wise: no Python object per row."""
+    flat = pa.array(scores.astype(np.float32).ravel())
+    offsets = pa.array(np.arange(0, scores.size + 1, max(scores.shape[1], 1), dtype=np.int32)
+                       if len(ids) else np.zeros(1, np.int32))
+    label_offsets, classes = label_indices(scores, threshold)
+    names = pa.array(class_names, pa.string()).take(pa.array(classes, pa.int64()))
+    return pa.Table.from_arrays([
+        pa.array(ids, pa.string()), pa.ListArray.from_arrays(offsets, flat),
+        pa.ListArray.from_arrays(pa.array(label_offsets.astype(np.int32)), names)],
+        schema=LABELS_SCHEMA)
 
 
 def find_rows(ids: np.ndarray, sorted_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,8 +18,9 @@ from ccd_ray.io.storage import RunStore, read_json, write_bytes, write_json
 from ccd_ray.method import labels as label_ops
 from ccd_ray.method.export import STANDALONE_FILE, export_standalone
 from ccd_ray.method.metrics import score_rows
-from ccd_ray.method.rows import find_rows, id_array, list_matrix
+from ccd_ray.method.rows import find_rows, id_array, labels_table, list_matrix
 from ccd_ray.method.schedule import is_holdout
+from ccd_ray.method.thresholds import class_thresholds
 from ccd_ray.stages import labeling
 from ccd_ray.stages.actors import InputsPredictor
 from ccd_ray.stages.datasets import actor_pool_args, by_reference
@@ -75,7 +76,7 @@ def training_probs(classifier: ClassifierScores) -> np.ndarray:
 def classifier_thresholds(cfg: CCDConfig, classifier: ClassifierScores) -> np.ndarray:
     """The classifier's per-class thresholds (labels.threshold_rule) from its probabilities
     over the training split only, so the held-out scores it is evaluated on do not set them."""
-    return label_ops.class_thresholds(training_probs(classifier), cfg.labels.threshold_rule,
+    return class_thresholds(training_probs(classifier), cfg.labels.threshold_rule,
                                       cfg.labels.threshold)
 
 
@@ -89,14 +90,14 @@ def final_labels(cfg: CCDConfig, store: RunStore, classifier: ClassifierScores) 
                            f"labels have no training input to classify, e.g. {ids[~found][0]!r}")
     scores = label_ops.final_label_scores(cfg.labels.final_source, pseudo,
                                           classifier.probs[rows], cfg.labels.alpha)
-    return FinalLabels(ids, scores, label_ops.class_thresholds(
+    return FinalLabels(ids, scores, class_thresholds(
         scores, cfg.labels.threshold_rule, cfg.labels.threshold))
 
 
 def write_final_labels(cfg: CCDConfig, store: RunStore, folder: str, final: FinalLabels
                        ) -> None:
     """labels/*.parquet (the rounds' schema), the last round's errors.parquet, summary.json."""
-    labeling.write_parquet_rows(store.fs, posixpath.join(folder, "labels"), labeling.labels_table(
+    labeling.write_parquet_rows(store.fs, posixpath.join(folder, "labels"), labels_table(
         final.ids, final.scores, cfg.classes.names, final.thresholds))
     last_round = store.committed(labeling.labels_stage(cfg.relabel.rounds))
     store.fs.copy_file(posixpath.join(last_round, "errors.parquet"),
@@ -115,7 +116,7 @@ def _scored(ids: np.ndarray, scores: np.ndarray, truth: dict[str, list[str]], cf
             thresholds: np.ndarray | None = None) -> dict[str, Any] | None:
     """score_rows at thresholds (default: labels.threshold_rule over these scores' own rows)."""
     if thresholds is None:
-        thresholds = label_ops.class_thresholds(scores, cfg.labels.threshold_rule,
+        thresholds = class_thresholds(scores, cfg.labels.threshold_rule,
                                                 cfg.labels.threshold)
     return score_rows(ids, scores, truth, cfg.classes.names, thresholds)
 

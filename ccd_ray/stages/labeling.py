@@ -23,17 +23,12 @@ import pyarrow.parquet as pq
 
 from ccd_ray.config import CCDConfig
 from ccd_ray.io.storage import RunStore, write_json
-from ccd_ray.method import labels as label_ops
-from ccd_ray.method.rows import id_array, list_matrix
+from ccd_ray.method.rows import ERRORS_SCHEMA, LABELS_SCHEMA, id_array, labels_table, list_matrix
 from ccd_ray.stages import score_cache
-from ccd_ray.stages.score_cache import ERRORS_SCHEMA, TooManyErrors
+from ccd_ray.stages.score_cache import TooManyErrors
 
 __all__ = ["ERRORS_SCHEMA", "LABELS_SCHEMA", "TooManyErrors", "commit_labels", "labels_stage",
            "raw_stage", "read_labels", "read_raw", "score_initial", "score_relabel"]
-
-LABELS_SCHEMA = pa.schema([("image_id", pa.string()), ("scores", pa.list_(pa.float32())),
-                           ("labels", pa.list_(pa.string()))])
-
 
 def raw_stage(round_index: int) -> str:
     return f"round-{round_index}/raw"
@@ -113,20 +108,6 @@ def write_parquet_rows(fs, folder: str, table: pa.Table, rows_per_file: int = 20
     for part, start in enumerate(range(0, max(table.num_rows, 1), rows_per_file)):
         with fs.open_output_stream(posixpath.join(folder, f"part-{part:05d}.parquet")) as out:
             pq.write_table(table.slice(start, rows_per_file), out)
-
-
-def labels_table(ids: np.ndarray, scores: np.ndarray, class_names: list[str], threshold: float
-                 ) -> pa.Table:
-    """Rows (image_id, scores, labels) built column-wise: no Python object per row."""
-    flat = pa.array(scores.astype(np.float32).ravel())
-    offsets = pa.array(np.arange(0, scores.size + 1, max(scores.shape[1], 1), dtype=np.int32)
-                       if len(ids) else np.zeros(1, np.int32))
-    label_offsets, classes = label_ops.label_indices(scores, threshold)
-    names = pa.array(class_names, pa.string()).take(pa.array(classes, pa.int64()))
-    return pa.Table.from_arrays([
-        pa.array(ids, pa.string()), pa.ListArray.from_arrays(offsets, flat),
-        pa.ListArray.from_arrays(pa.array(label_offsets.astype(np.int32)), names)],
-        schema=LABELS_SCHEMA)
 
 
 def commit_labels(cfg: CCDConfig, store: RunStore, round_index: int, ids: np.ndarray,

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -46,12 +45,12 @@ from ccd_ray.io.storage import (
     write_json,
 )
 from ccd_ray.method.classifier import load_classifier, predict
+from ccd_ray.method.rows import ERRORS_SCHEMA
 from ccd_ray.method.scoring import pick_device
 from ccd_ray.method.shards import shards_digest
 from ccd_ray.stages import shards as per_shard  # `shards` is a count here
 from ccd_ray.stages.actors import _DecodingStage
 from ccd_ray.stages.datasets import actor_pool_args, by_reference
-from ccd_ray.stages.labeling import ERRORS_SCHEMA, labels_table
 from ccd_ray.stages.pipeline import CLASSIFIER_FILE
 from ccd_ray.stages.score_cache import check_errors
 
@@ -138,35 +137,16 @@ class ClassifierPredictor(_DecodingStage):
     def __call__(self, batch: pa.Table) -> pa.Table:
         good, images, errors, stages = self.decode(batch)
         probs = predict(self.model, images, self.image_size,
-                        self.cfg.compute.images_per_batch).numpy()
-        scores = [None] * batch.num_rows
-        for slot, i in enumerate(good):
-            scores[i] = probs[slot].tolist()
-        return pa.Table.from_pydict({
-            "image_id": batch.column("image_id"), "scores": scores, "error": errors,
-            "error_stage": stages}, schema=PREDICTED_SCHEMA)
-
-
-def _write_labels(rows: pa.Table, fs: pafs.FileSystem, folder: str, part: str,
-                  class_names: list[str], thresholds: list[float]) -> list[str]:
-    """One shard's predicted rows as labels in the rounds' schema and errors as
-    errors.parquet rows (the part writer of the shards)."""
-    good = rows.filter(pc.is_null(rows.column("error")))
-    bad = rows.filter(pc.is_valid(rows.column("error")))
-    files = []
-    if good.num_rows:
-        scores = pc.list_flatten(good.column("scores")).to_numpy(zero_copy_only=False)
-        table = labels_table(np.asarray(good.column("image_id").to_pylist()),
-                             scores.reshape(good.num_rows, len(class_names)), class_names,
-                             np.asarray(thresholds, np.float32))
-        files.append(f"labels-{part}.parquet")
-        pq.write_table(table, posixpath.join(folder, files[-1]), filesystem=fs)
-    if bad.num_rows:
-        errors = pa.table({"image_id": bad.column("image_id"), "stage": bad.column("error_stage"),
-                           "reason": bad.column("error")}, schema=ERRORS_SCHEMA)
-        files.append(f"errors-{part}.parquet")
-        pq.write_table(errors, posixpath.join(folder, files[-1]), filesystem=fs)
-    return files
+                        self.cfg.compute.images_per_batch).float().numpy()
+        missing = np.ones(batch.num_rows, bool)
+        missing[good] = False
+        offsets = np.zeros(batch.num_rows + 1, np.int32)
+        np.cumsum(np.where(missing, 0, probs.shape[1]), out=offsets[1:])
+        scores = pa.ListArray.from_arrays(pa.array(offsets), pa.array(probs.ravel()),
+                                          mask=pa.array(missing))
+        return pa.Table.from_arrays([batch.column("image_id"), scores,
+                                     pa.array(errors, pa.string()), pa.array(stages, pa.string())],
+                                    schema=PREDICTED_SCHEMA)
 
 
 def check_predict_run(store: RunStore, identity: dict) -> None:
@@ -191,7 +171,7 @@ def _predict_shards(cfg: CCDConfig, store: RunStore, fs: pafs.FileSystem, layout
         {"cfg_dict": cfg.to_dict(), "classifier": by_reference(classifier)},
         actor_pool_args(cfg, cfg.compute.cam_actors))
     per_shard.run_shards(store, "", predicted, pending, functools.partial(
-        _write_labels, class_names=cfg.classes.names, thresholds=thresholds.tolist()))
+        per_shard.write_labels, class_names=cfg.classes.names, thresholds=thresholds.tolist()))
 
 
 def _gather(cfg: CCDConfig, store: RunStore, shards: int, summary: dict) -> str:

@@ -39,7 +39,7 @@ import pyarrow.dataset as pads
 from ccd_ray.config import CCDConfig
 from ccd_ray.io.corpus import READER_VERSION, corpus_layout
 from ccd_ray.io.storage import RunStore, exists, read_json, write_json
-from ccd_ray.method.rows import id_array, list_matrix
+from ccd_ray.method.rows import ERRORS_SCHEMA, id_array, list_matrix
 from ccd_ray.method.shards import shards_digest
 from ccd_ray.method.teacher import LOCAL_DIR_PREFIX
 from ccd_ray.stages.actors import CamBoxer, GuidedViewScorer, InitialViewScorer
@@ -55,8 +55,6 @@ from ccd_ray.stages.shards import (
 )
 
 CACHE_FOLDER = "score-cache"
-ERRORS_SCHEMA = pa.schema([("image_id", pa.string()), ("stage", pa.string()),
-                           ("reason", pa.string())])
 # "_": skipped by Parquet dataset discovery
 KEY_FILE = "_key.json"
 FILES_FILE = "_files.json"    # in the committed attempt: the entry's files

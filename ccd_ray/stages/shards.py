@@ -14,6 +14,7 @@ import posixpath
 import uuid
 from collections.abc import Callable
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -22,6 +23,7 @@ import ray
 
 from ccd_ray.io.corpus import CorpusLayout, read_task_rows
 from ccd_ray.io.storage import MARKER, RunStore, exists
+from ccd_ray.method.rows import ERRORS_SCHEMA, id_array, labels_table, list_matrix
 from ccd_ray.method.shards import ShardProgress, ShardTally, total_counts
 
 SHARD_COLUMNS = ("shard", "shard_rows")
@@ -89,6 +91,28 @@ def write_views(rows: pa.Table, fs: pafs.FileSystem, folder: str, part: str) -> 
     name = f"views-{part}.parquet"
     pq.write_table(rows, posixpath.join(folder, name), filesystem=fs)
     return [name]
+
+
+def write_labels(rows: pa.Table, fs: pafs.FileSystem, folder: str, part: str,
+                  class_names: list[str], thresholds: list[float]) -> list[str]:
+    """Predict's part writer: one shard's predicted rows (image_id, scores, error,
+    error_stage) as labels in the rounds' schema, and its errors as errors.parquet rows. Here
+    for the reason write_views is."""
+    good = rows.filter(pc.is_null(rows.column("error")))
+    bad = rows.filter(pc.is_valid(rows.column("error")))
+    files = []
+    if good.num_rows:
+        table = labels_table(id_array(good.column("image_id")),
+                             list_matrix(good.column("scores"), len(class_names)), class_names,
+                             np.asarray(thresholds, np.float32))
+        files.append(f"labels-{part}.parquet")
+        pq.write_table(table, posixpath.join(folder, files[-1]), filesystem=fs)
+    if bad.num_rows:
+        errors = pa.table({"image_id": bad.column("image_id"), "stage": bad.column("error_stage"),
+                           "reason": bad.column("error")}, schema=ERRORS_SCHEMA)
+        files.append(f"errors-{part}.parquet")
+        pq.write_table(errors, posixpath.join(folder, files[-1]), filesystem=fs)
+    return files
 
 
 def _write_parts(batch: pa.Table, fs: pafs.FileSystem, root: str, attempt: str,

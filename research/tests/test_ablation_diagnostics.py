@@ -10,7 +10,8 @@ import pytest
 
 from ccd_ray.config import DataConfig
 from ccd_ray.io.storage import RunStore
-from ccd_ray.stages.labeling import labels_stage, labels_table, write_parquet_rows
+from ccd_ray.method.rows import labels_table
+from ccd_ray.stages.labeling import labels_stage, write_parquet_rows
 from research import ablation_diagnostics
 
 
