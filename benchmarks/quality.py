@@ -4,7 +4,7 @@ job against the teacher's zero-shot labels and a supervised bound, paired per se
     python benchmarks/quality.py                                # 3 seeds, the embedded default
     python benchmarks/quality.py --seeds 0 --images 48 --set train.epochs=2 \
         --set train.warmup_epochs=1 --tag smoke --out outputs/quality-smoke   # a short check
-    python benchmarks/quality.py --set labels.final_source=fusion --tag fusion   # a variant
+    python benchmarks/quality.py --set labels.final_source=pseudo --tag pseudo   # a variant
 
 For each seed s, a synthetic corpus is made from seed s (the embedded default's scenes, --images
 of them) and two runs of `pipeline.run_ccd` (the code path of jobs/run_ccd.py) go on one local
@@ -209,7 +209,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="scenes in each seed's corpus (default: the embedded default's)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key in both runs, e.g. "
-                        "labels.final_source=fusion (repeatable; needs --tag)")
+                        "labels.final_source=pseudo (repeatable; needs --tag)")
     parser.add_argument("--tag", default="default", help="names the runs: quality-<tag>-...")
     parser.add_argument("--out", default="outputs/quality", help="corpora and runs go here")
     parser.add_argument("--json", help="the figures' JSON (default <out>/quality-<tag>.json)")

@@ -80,12 +80,14 @@ class LabelsConfig:
                              help="score at which a round's label is output (and a class "
                              "counts as positive for the bias); every class's threshold "
                              "under threshold_rule=fixed")
-    threshold_rule: str = _knob("otsu", choices=("fixed", "rate", "otsu"),
+    threshold_rule: str = _knob("count", choices=("fixed", "rate", "otsu", "count"),
                                 help="per-class thresholds of the final labels and the "
                                 "classifier, from no ground truth: 'fixed' = labels.threshold "
                                 "for all; 'rate' = each class's top k images, k = its score sum; "
-                                "'otsu' = Otsu's split of each class's score histogram")
-    final_source: str = _knob("pseudo", choices=("pseudo", "classifier", "fusion"),
+                                "'otsu' = Otsu's split of each class's score histogram; 'count' "
+                                "= each class's top k images, k = the images Otsu's split of "
+                                "the teacher's zero-shot scores gives it")
+    final_source: str = _knob("fusion", choices=("pseudo", "classifier", "fusion"),
                               help="scores of final/labels: the last round's pseudo-labels, the "
                               "classifier's probabilities, or alpha * pseudo + (1 - alpha) * "
                               "classifier")

@@ -35,7 +35,7 @@ from ccd_ray.method.schedule import is_holdout
 from ccd_ray.method.thresholds import class_thresholds
 from ccd_ray.stages import labeling
 
-RULES = ("fixed", "rate", "otsu")
+RULES = ("fixed", "rate", "otsu", "count")
 SOURCES = ("pseudo", "classifier", "fusion")
 
 
@@ -83,18 +83,19 @@ def measure_run(output_uri: str, run_id: str) -> dict[str, dict[str, dict[str, f
 
     table: dict[str, dict[str, dict[str, float]]] = {}
     for rule in RULES:
-        def own(scores, rule=rule):
-            return class_thresholds(scores, rule, fixed)
+        def own(ids, scores, rule=rule):
+            return class_thresholds(scores, rule, fixed, align_rows(ids, raw_ids, raw))
         table.setdefault("teacher zero-shot, training split", {})[rule] = scored(
-            raw_ids, raw, train_truth, own(raw))
+            raw_ids, raw, train_truth, own(raw_ids, raw))
         for source in SOURCES:
             final = label_ops.final_label_scores(source, pseudo, clf[rows], cfg.labels.alpha)
             table.setdefault(f"final labels ({source}), training split", {})[rule] = scored(
-                pseudo_ids, final, train_truth, own(final))
+                pseudo_ids, final, train_truth, own(pseudo_ids, final))
         table.setdefault("teacher zero-shot, held-out split", {})[rule] = scored(
-            raw_ids, raw, holdout_truth, own(raw))
+            raw_ids, raw, holdout_truth, own(raw_ids, raw))
         table.setdefault("classifier, held-out split", {})[rule] = scored(
-            clf_ids[clf_holdout], clf[clf_holdout], holdout_truth, own(clf[~clf_holdout]))
+            clf_ids[clf_holdout], clf[clf_holdout], holdout_truth,
+            own(clf_ids[~clf_holdout], clf[~clf_holdout]))
     return table
 
 

@@ -244,6 +244,40 @@ def test_otsu_thresholds_split_each_class_between_its_own_modes():
     assert T.otsu_thresholds(one_bin)[0] == pytest.approx(78 / 256)  # 0.301 is in bin 77
 
 
+def test_count_rule_takes_the_zero_shot_split_count_in_the_order_of_the_given_scores():
+    rng = np.random.default_rng(2)
+    # the teacher's zero-shot scores: class 0 has 30 of 100 images in its high mode, class 1 has
+    # 60; the scores being thresholded rank the images differently and sit in one blurred mode
+    zero_shot = np.stack([np.r_[rng.normal(0.1, 0.02, 70), rng.normal(0.8, 0.02, 30)],
+                          np.r_[rng.normal(0.2, 0.02, 40), rng.normal(0.9, 0.02, 60)]],
+                         axis=1).clip(0, 1).astype(np.float32)
+    scores = rng.random((100, 2)).astype(np.float32) * 0.3 + 0.35
+    thresholds = T.class_thresholds(scores, "count", 0.5, zero_shot)
+    labeled = scores >= thresholds
+    np.testing.assert_array_equal(labeled.sum(axis=0), [30, 60])
+    for c, k in ((0, 30), (1, 60)):   # the k images these scores rank highest, not zero-shot's
+        np.testing.assert_array_equal(np.flatnonzero(labeled[:, c]),
+                                      np.sort(np.argsort(-scores[:, c])[:k]))
+    # with the zero-shot scores themselves the rule is Otsu's split of them
+    np.testing.assert_array_equal(
+        zero_shot >= T.class_thresholds(zero_shot, "count", 0.5, zero_shot),
+        zero_shot >= T.otsu_thresholds(zero_shot))
+    with pytest.raises(ValueError, match="zero-shot scores of the same"):
+        T.class_thresholds(scores, "count", 0.5)
+    with pytest.raises(ValueError, match="zero-shot scores of the same"):
+        T.class_thresholds(scores, "count", 0.5, zero_shot[:10])
+
+
+def test_count_thresholds_clip_the_counts_to_the_images():
+    scores = np.array([[0.8, 0.1], [0.5, 0.2], [0.3, 0.0]], np.float32)
+    # class 0: its 2nd highest (0.5); class 1: a count of 0 is 1, its highest (0.2)
+    np.testing.assert_array_equal(T.count_thresholds(scores, np.array([2, 0])),
+                                  scores[[1, 1], [0, 1]])
+    np.testing.assert_array_equal(T.count_thresholds(scores, np.array([9, 3])), scores[2])
+    with pytest.raises(ValueError, match="at least one image"):
+        T.count_thresholds(np.zeros((0, 2), np.float32), np.array([1, 1]))
+
+
 def test_class_thresholds_dispatch():
     scores = np.array([[0.8, 0.1], [0.5, 0.2], [0.3, 0.0]], np.float32)
     np.testing.assert_array_equal(T.class_thresholds(scores, "fixed", 0.4),

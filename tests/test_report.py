@@ -112,6 +112,8 @@ def test_report_table_starts_with_the_teachers_zero_shot(make_config):
     assert "at threshold 0.5" in text
     text = report.report_markdown(make_config("labels.threshold_rule=otsu"), _metrics())
     assert "`labels.threshold_rule=otsu`" in text and "at threshold" not in text
+    text = report.report_markdown(make_config("labels.threshold_rule=count"), _metrics())
+    assert "`labels.threshold_rule=count`" in text and "teacher's zero-shot scores" in text
 
 
 def test_report_says_when_the_classifier_trained_on_ground_truth(make_config):

@@ -25,18 +25,25 @@ def label_indices(scores: np.ndarray, threshold: float | np.ndarray
     return offsets, np.nonzero(mask)[1]
 
 
+def count_thresholds(scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per class c, the score of its counts[c]-th highest image (counts clipped to [1, N]):
+    the counts[c] images that score c highest get it (ties at that score too)."""
+    scores = np.asarray(scores, dtype=np.float32)
+    n, num_classes = scores.shape
+    if n == 0:
+        raise ValueError("count thresholds need at least one image's scores")
+    k = np.clip(np.asarray(counts, dtype=np.int64), 1, n)
+    # one column copy at a time: O(N) memory beyond the matrix, O(N) time per class
+    return np.array([np.partition(scores[:, c], n - k[c])[n - k[c]] for c in range(num_classes)],
+                    dtype=np.float32)
+
+
 def rate_thresholds(scores: np.ndarray) -> np.ndarray:
     """Per class c, the score of its k_c-th highest image, k_c = round(sum_i s_ic) clipped to
     [1, N]: the scores, read as probabilities, expect k_c images of class c, and the k_c
     images that score it highest get it (a class is assumed to occur at least once)."""
     scores = np.asarray(scores, dtype=np.float32)
-    n, num_classes = scores.shape
-    if n == 0:
-        raise ValueError("rate thresholds need at least one image's scores")
-    expected = np.clip(np.rint(scores.sum(axis=0, dtype=np.float64)), 1, n).astype(np.int64)
-    # one column copy at a time: O(N) memory beyond the matrix, O(N) time per class
-    return np.array([np.partition(scores[:, c], n - expected[c])[n - expected[c]]
-                     for c in range(num_classes)], dtype=np.float32)
+    return count_thresholds(scores, np.rint(scores.sum(axis=0, dtype=np.float64)))
 
 
 def otsu_thresholds(scores: np.ndarray, bins: int = 256) -> np.ndarray:
@@ -72,10 +79,13 @@ def otsu_thresholds(scores: np.ndarray, bins: int = 256) -> np.ndarray:
     return thresholds
 
 
-def class_thresholds(scores: np.ndarray, rule: str, threshold: float) -> np.ndarray:
+def class_thresholds(scores: np.ndarray, rule: str, threshold: float,
+                     zero_shot: np.ndarray | None = None) -> np.ndarray:
     """C thresholds for an N x C score matrix under labels.threshold_rule, none of which uses
     ground truth: 'fixed' = threshold for every class, 'rate' = rate_thresholds,
-    'otsu' = otsu_thresholds of the matrix's own scores."""
+    'otsu' = otsu_thresholds of the matrix's own scores, 'count' = as many images per class as
+    Otsu's split of the teacher's zero-shot scores of the same images (zero_shot, row for
+    row) gives it, taken in the order of these scores (count_thresholds)."""
     num_classes = np.asarray(scores).shape[1]
     if rule == "fixed":
         return np.full(num_classes, threshold, dtype=np.float32)
@@ -83,4 +93,11 @@ def class_thresholds(scores: np.ndarray, rule: str, threshold: float) -> np.ndar
         return rate_thresholds(scores)
     if rule == "otsu":
         return otsu_thresholds(scores)
-    raise ValueError(f"threshold rule {rule!r}: expected 'fixed', 'rate' or 'otsu'")
+    if rule == "count":
+        if zero_shot is None or np.shape(zero_shot) != np.shape(scores):
+            raise ValueError(f"threshold rule 'count' needs the teacher's zero-shot scores of "
+                             f"the same {np.shape(scores)} rows, got "
+                             f"{None if zero_shot is None else np.shape(zero_shot)}")
+        counts = binarize(zero_shot, otsu_thresholds(zero_shot)).sum(axis=0)
+        return count_thresholds(scores, counts)
+    raise ValueError(f"threshold rule {rule!r}: expected 'fixed', 'rate', 'otsu' or 'count'")

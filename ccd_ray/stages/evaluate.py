@@ -18,7 +18,7 @@ from ccd_ray.io.storage import RunStore, read_json, write_bytes, write_json
 from ccd_ray.method import labels as label_ops
 from ccd_ray.method.export import STANDALONE_FILE, export_standalone
 from ccd_ray.method.metrics import score_rows
-from ccd_ray.method.rows import find_rows, id_array, labels_table, list_matrix
+from ccd_ray.method.rows import align_rows, find_rows, id_array, labels_table, list_matrix
 from ccd_ray.method.schedule import is_holdout
 from ccd_ray.method.thresholds import class_thresholds
 from ccd_ray.stages import labeling
@@ -35,6 +35,28 @@ class ClassifierScores:
     ids: np.ndarray       # N image ids, sorted
     probs: np.ndarray     # N x C float32
     holdout: np.ndarray   # N bool: held out of training
+
+
+@dataclass
+class ZeroShot:
+    """The teacher's zero-shot scores of round 0's views (pooled raw scores), what the report's
+    first rows score and what threshold_rule=count takes each class's label count from."""
+    ids: np.ndarray       # N image ids, sorted
+    scores: np.ndarray    # N x C float32
+
+    @classmethod
+    def read(cls, cfg: CCDConfig, store: RunStore) -> ZeroShot:
+        ids, raw, _ = labeling.read_raw(cfg, store, 0)
+        return cls(ids, raw)
+
+
+def thresholds_of(cfg: CCDConfig, ids: np.ndarray, scores: np.ndarray, zero_shot: ZeroShot
+                  ) -> np.ndarray:
+    """labels.threshold_rule's per-class thresholds of these rows' scores (ids: their images;
+    the count rule reads the same images' zero-shot scores)."""
+    reference = (align_rows(ids, zero_shot.ids, zero_shot.scores)
+                 if cfg.labels.threshold_rule == "count" else None)
+    return class_thresholds(scores, cfg.labels.threshold_rule, cfg.labels.threshold, reference)
 
 
 @dataclass
@@ -73,14 +95,16 @@ def training_probs(classifier: ClassifierScores) -> np.ndarray:
     return classifier.probs[~classifier.holdout]
 
 
-def classifier_thresholds(cfg: CCDConfig, classifier: ClassifierScores) -> np.ndarray:
+def classifier_thresholds(cfg: CCDConfig, classifier: ClassifierScores, zero_shot: ZeroShot
+                          ) -> np.ndarray:
     """The classifier's per-class thresholds (labels.threshold_rule) from its probabilities
     over the training split only, so the held-out scores it is evaluated on do not set them."""
-    return class_thresholds(training_probs(classifier), cfg.labels.threshold_rule,
-                                      cfg.labels.threshold)
+    return thresholds_of(cfg, classifier.ids[~classifier.holdout], training_probs(classifier),
+                         zero_shot)
 
 
-def final_labels(cfg: CCDConfig, store: RunStore, classifier: ClassifierScores) -> FinalLabels:
+def final_labels(cfg: CCDConfig, store: RunStore, classifier: ClassifierScores,
+                 zero_shot: ZeroShot) -> FinalLabels:
     """Every image the last round labeled, scored by labels.final_source and thresholded by
     labels.threshold_rule (from the final scores themselves)."""
     ids, pseudo = labeling.read_labels(store, cfg.relabel.rounds)
@@ -90,8 +114,7 @@ def final_labels(cfg: CCDConfig, store: RunStore, classifier: ClassifierScores) 
                            f"labels have no training input to classify, e.g. {ids[~found][0]!r}")
     scores = label_ops.final_label_scores(cfg.labels.final_source, pseudo,
                                           classifier.probs[rows], cfg.labels.alpha)
-    return FinalLabels(ids, scores, class_thresholds(
-        scores, cfg.labels.threshold_rule, cfg.labels.threshold))
+    return FinalLabels(ids, scores, thresholds_of(cfg, ids, scores, zero_shot))
 
 
 def write_final_labels(cfg: CCDConfig, store: RunStore, folder: str, final: FinalLabels
@@ -113,16 +136,16 @@ def write_final_labels(cfg: CCDConfig, store: RunStore, folder: str, final: Fina
 
 
 def _scored(ids: np.ndarray, scores: np.ndarray, truth: dict[str, list[str]], cfg: CCDConfig,
-            thresholds: np.ndarray | None = None) -> dict[str, Any] | None:
+            zero_shot: ZeroShot, thresholds: np.ndarray | None = None) -> dict[str, Any] | None:
     """score_rows at thresholds (default: labels.threshold_rule over these scores' own rows)."""
     if thresholds is None:
-        thresholds = class_thresholds(scores, cfg.labels.threshold_rule,
-                                                cfg.labels.threshold)
+        thresholds = thresholds_of(cfg, ids, scores, zero_shot)
     return score_rows(ids, scores, truth, cfg.classes.names, thresholds)
 
 
 def evaluate_run(cfg: CCDConfig, store: RunStore, truth: dict[str, list[str]],
-                 classifier: ClassifierScores, final: FinalLabels) -> dict[str, Any]:
+                 classifier: ClassifierScores, final: FinalLabels, zero_shot: ZeroShot
+                 ) -> dict[str, Any]:
     """Every score matrix of the run against the truth, each thresholded by
     labels.threshold_rule from its own scores (the classifier's from its training split)."""
     metrics: dict[str, Any] = {
@@ -130,24 +153,26 @@ def evaluate_run(cfg: CCDConfig, store: RunStore, truth: dict[str, list[str]],
         "final_source": cfg.labels.final_source, "threshold_rule": cfg.labels.threshold_rule,
         "thresholds": {"final_labels": dict(zip(cfg.classes.names, final.thresholds.tolist())),
                        "classifier": dict(zip(cfg.classes.names,
-                                              classifier_thresholds(cfg, classifier).tolist()))}}
+                                              classifier_thresholds(cfg, classifier,
+                                                                    zero_shot).tolist()))}}
     if not truth:
         return metrics
     # labels are scored on the training split, the classifier on the held-out one
     held_out = {i for i in truth if is_holdout(i, cfg.train.holdout_fraction, cfg.seed)}
     train_truth = {i: v for i, v in truth.items() if i not in held_out}
     holdout_truth = {i: v for i, v in truth.items() if i in held_out}
-    ids, raw, _ = labeling.read_raw(cfg, store, 0)
-    metrics["teacher_before_debias"] = _scored(ids, raw, train_truth, cfg)
-    metrics["teacher_holdout"] = _scored(ids, raw, holdout_truth, cfg)
+    ids, raw = zero_shot.ids, zero_shot.scores
+    metrics["teacher_before_debias"] = _scored(ids, raw, train_truth, cfg, zero_shot)
+    metrics["teacher_holdout"] = _scored(ids, raw, holdout_truth, cfg, zero_shot)
     for round_index in range(cfg.relabel.rounds + 1):
         ids, labels = labeling.read_labels(store, round_index)
         metrics["rounds"].append({"round": round_index,
-                                  **(_scored(ids, labels, train_truth, cfg) or {})})
-    metrics["final_labels"] = _scored(final.ids, final.scores, train_truth, cfg, final.thresholds)
+                                  **(_scored(ids, labels, train_truth, cfg, zero_shot) or {})})
+    metrics["final_labels"] = _scored(final.ids, final.scores, train_truth, cfg, zero_shot,
+                                      final.thresholds)
     holdout = classifier.holdout
     metrics["classifier_holdout"] = _scored(
-        classifier.ids[holdout], classifier.probs[holdout], truth, cfg,
+        classifier.ids[holdout], classifier.probs[holdout], truth, cfg, zero_shot,
         np.asarray(list(metrics["thresholds"]["classifier"].values()), np.float32))
     return metrics
 
@@ -162,10 +187,11 @@ def finish_run(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes, inputs_
     write_bytes(store.fs, posixpath.join(attempt, "classifier.pt"), classifier_bytes)
     write_bytes(store.fs, f"{attempt}/{STANDALONE_FILE}", export_standalone(classifier_bytes))
     classifier = classifier_scores(cfg, store, classifier_bytes)
-    final = final_labels(cfg, store, classifier)
+    zero_shot = ZeroShot.read(cfg, store)
+    final = final_labels(cfg, store, classifier, zero_shot)
     write_final_labels(cfg, store, attempt, final)
     truth = corpus_truth(cfg)
-    metrics = evaluate_run(cfg, store, truth, classifier, final)
+    metrics = evaluate_run(cfg, store, truth, classifier, final, zero_shot)
     write_json(store.fs, posixpath.join(attempt, "metrics.json"), metrics)
     write_report(cfg, store, attempt, metrics, classifier_bytes, inputs_path, truth)
     store.commit(FINAL_STAGE, attempt)

@@ -186,6 +186,11 @@ def report_markdown(cfg: CCDConfig, metrics: dict[str, Any]) -> str:
         return "\n".join(lines)
     if lc.threshold_rule == "fixed":
         at = f"at threshold {lc.threshold}"
+    elif lc.threshold_rule == "count":
+        at = ("at per-class thresholds of `labels.threshold_rule=count`: each row labels, per "
+              "class, as many images as Otsu's split of the teacher's zero-shot scores gives "
+              "that class, in the order of the row's own scores (the classifier's over its "
+              "training split); no ground truth sets them")
     else:
         at = (f"at per-class thresholds of `labels.threshold_rule={lc.threshold_rule}`, each "
               "row's from its own scores over the corpus and the classifier's from its "
