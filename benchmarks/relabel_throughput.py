@@ -419,8 +419,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "cpu_s_per_image": _per(cpu_s, images), **more}
 
     def pipeline_entry(run: dict[str, Any], images: int) -> dict[str, Any]:
+        # the run's config and store locate its outputs; they are not figures
         return entry(images, run["seconds"], **{k: v for k, v in run.items() if k not in (
-            "seconds", "folder")})
+            "seconds", "folder", "cfg", "store")})
 
     steady = entry(extra, full["seconds"] - tiny["seconds"])
     steady["fixed_overhead_s"] = (tiny["seconds"] - n_tiny / steady["images_per_s"]

@@ -38,8 +38,10 @@ on synthetic scores: score_cache.read_pooled of a written score-cache entry of
 labels.initial_bias, labels.round_labels (round 0, and round 1 fused with round 0),
 labeling.read_scores of a labels folder, and rows.labels_table (the table
 commit_labels writes) on --micro-table-rows rows, scaled linearly to --micro-rows. For each,
-wall and CPU seconds (after an untimed warm-up on 1,000 rows) and the peak RSS above the RSS
-before (VmHWM reset through /proc/self/clear_refs).
+wall and CPU seconds (after an untimed warm-up on 1,000 rows, and after touching
+--micro-warm-gb GB of memory once: a fresh virtual machine's first use of a page costs more
+than the step) and the peak RSS above the RSS before (VmHWM reset through
+/proc/self/clear_refs).
 
 Usage:
   python benchmarks/scale.py --sizes 1000,4000,16000 [--workdir DIR] [--json out.json]
@@ -88,6 +90,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="images of the label-derivation micro-benchmark (0: skip it)")
     p.add_argument("--micro-classes", type=int, default=80)
     p.add_argument("--micro-views", type=int, default=2, help="views an image in its entry")
+    p.add_argument("--micro-warm-gb", type=float, default=4.0,
+                   help="GB of memory touched once before the micro-benchmark's timing: on a "
+                   "freshly booted virtual machine a page's first use costs ~2.4 ms per MB, "
+                   "which would otherwise land in the timed steps (0: do not)")
     p.add_argument("--micro-table-rows", type=int, default=100_000,
                    help="rows labels_table is timed on (it is scaled to --micro-rows)")
     p.add_argument("--json", dest="json_path", default=None, help="also write the numbers here")
@@ -466,10 +472,12 @@ def _derivation_steps(entry: Path, labels_dir: Path, classes: int, table_rows: i
     return steps
 
 
-def micro_benchmark(rows: int, classes: int, views: int, table_rows: int, workdir: Path
-                    ) -> dict[str, Any]:
+def micro_benchmark(rows: int, classes: int, views: int, table_rows: int, workdir: Path,
+                    warm_gb: float = 0.0) -> dict[str, Any]:
     import numpy as np
 
+    if warm_gb > 0:  # one write per page, then freed: the guest's pages are backed from now on
+        np.ones(int(warm_gb * 2**30) // 8).sum()
     rng = np.random.default_rng(0)
     ids = np.char.add("img-", np.char.zfill(np.arange(rows).astype(str), 9))
     entry, labels_dir = workdir / "micro-entry", workdir / "micro-labels"
@@ -606,7 +614,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             print(f"[scale] micro-benchmark {args.micro_rows:,} x {args.micro_classes} ...",
                   flush=True)
             result["micro"] = micro_benchmark(args.micro_rows, args.micro_classes,
-                                              args.micro_views, args.micro_table_rows, workdir)
+                                              args.micro_views, args.micro_table_rows, workdir,
+                                              args.micro_warm_gb)
     finally:
         if own_workdir:
             shutil.rmtree(workdir, ignore_errors=True)

@@ -25,6 +25,7 @@ from ray.train import (
     CheckpointConfig,
     DataConfig,
     FailureConfig,
+    LoggingConfig,
     RunConfig,
     ScalingConfig,
 )
@@ -158,7 +159,10 @@ def fit_segment(cfg: CCDConfig, store: RunStore, dataset: ray.data.Dataset, segm
     run_config = RunConfig(
         name=f"segment-{segment}", storage_path=storage, storage_filesystem=store.fs,
         checkpoint_config=CheckpointConfig(num_to_keep=2),
-        failure_config=FailureConfig(max_failures=cfg.compute.train_max_failures))
+        failure_config=FailureConfig(max_failures=cfg.compute.train_max_failures),
+        # Train's INFO records (worker group started, each checkpoint and report) would stream
+        # to the job's console, a dozen lines a segment; they stay in Ray's session logs
+        logging_config=LoggingConfig(log_level="WARNING"))
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": cfg.to_dict(), "epochs": list(epochs), "start_from": start_from,
