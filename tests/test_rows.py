@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from ccd_ray.method.rows import align_rows, find_rows, id_array, list_matrix
+from ccd_ray.method.rows import align_rows, find_rows, id_array, list_column, list_matrix
 
 
 def _reference_ids(column) -> np.ndarray:
@@ -63,3 +63,12 @@ def test_find_and_align_rows_join_by_id():
     with pytest.raises(KeyError, match="1 image"):
         align_rows(np.array(["b"]), reference, matrix)
 
+
+
+def test_list_column_is_list_matrixs_inverse_and_nulls_missing_rows():
+    matrix = np.arange(6, dtype=np.float32).reshape(3, 2)
+    column = list_column(matrix, np.full(3, 2))
+    np.testing.assert_array_equal(list_matrix(column, 2), matrix)
+    missing = np.array([False, True, False, False])
+    with_null = list_column(matrix, np.where(missing, 0, 2), missing)
+    assert with_null.to_pylist() == [[0.0, 1.0], None, [2.0, 3.0], [4.0, 5.0]]

@@ -61,6 +61,24 @@ def list_matrix(column: pa.Array | pa.ChunkedArray, width: int | None = None) ->
     return flat.reshape(rows, width)
 
 
+def list_column(values: np.ndarray, per_row: np.ndarray, missing: np.ndarray | None = None,
+                dtype=np.float32) -> pa.ListArray:
+    """list_matrix's inverse: row i holds per_row[i] of values (their rows flattened, in row
+    order), built from offsets with no list per row; rows where missing is set are null (and
+    hold nothing)."""
+    offsets = np.zeros(len(per_row) + 1, np.int32)
+    np.cumsum(per_row, out=offsets[1:])
+    return pa.ListArray.from_arrays(pa.array(offsets),
+                                    pa.array(np.ascontiguousarray(values, dtype).ravel()),
+                                    mask=None if missing is None else pa.array(missing))
+
+
+def error_rows(rows: pa.Table) -> pa.Table:
+    """The rows' (image_id, error_stage, error) as errors.parquet rows (ERRORS_SCHEMA)."""
+    return pa.table({"image_id": rows.column("image_id"), "stage": rows.column("error_stage"),
+                     "reason": rows.column("error")}, schema=ERRORS_SCHEMA)
+
+
 def labels_table(ids: np.ndarray, scores: np.ndarray, class_names: list[str],
                  threshold: float | np.ndarray) -> pa.Table:
     """Rows (image_id, scores, labels: the names of the classes at or above threshold) built

@@ -24,6 +24,7 @@ from ccd_ray.io.decode import decode_image
 from ccd_ray.io.inputs_codec import decode_inputs
 from ccd_ray.method.classifier import load_classifier, normalise
 from ccd_ray.method.labels import pool_views
+from ccd_ray.method.rows import list_column
 from ccd_ray.method.scoring import (
     classifier_outputs,
     phase1_boxes,
@@ -55,21 +56,14 @@ def views_table(image_ids: pa.Array | pa.ChunkedArray, views: np.ndarray, height
     missing = np.asarray(views) == 0
     counts = np.asarray(views)[~missing]
     classes = scores.shape[1]
-
-    def lists(values: np.ndarray, per_row: np.ndarray, dtype) -> pa.ListArray:
-        offsets = np.zeros(len(views) + 1, np.int32)
-        np.cumsum(per_row, out=offsets[1:])
-        return pa.ListArray.from_arrays(pa.array(offsets),
-                                        pa.array(np.ascontiguousarray(values, dtype).ravel()),
-                                        mask=pa.array(missing))
-
     pooled_width = np.where(missing, 0, classes)
     return pa.Table.from_arrays([
         image_ids, pa.array(heights, pa.int32(), mask=missing),
-        pa.array(widths, pa.int32(), mask=missing), lists(boxes, 4 * views, np.int32),
-        lists(scores, classes * views, np.float32), pa.array(views, pa.int32()),
-        lists(pool_views(scores, counts, "max"), pooled_width, np.float32),
-        lists(pool_views(scores, counts, "mean"), pooled_width, np.float32),
+        pa.array(widths, pa.int32(), mask=missing),
+        list_column(boxes, 4 * views, missing, np.int32),
+        list_column(scores, classes * views, missing), pa.array(views, pa.int32()),
+        list_column(pool_views(scores, counts, "max"), pooled_width, missing),
+        list_column(pool_views(scores, counts, "mean"), pooled_width, missing),
         pa.array(passes, pa.int64()), pa.array(errors, pa.string()),
         pa.array(stages, pa.string())], schema=VIEW_SCHEMA)
 
@@ -205,8 +199,6 @@ class InputsPredictor:
         pixels = decode_inputs(batch.column("image").to_pylist(), self.image_size)
         logits, _ = self.model(normalise(torch.from_numpy(pixels).to(self.device)))
         probs = torch.sigmoid(logits).float().cpu().numpy()
-        flat = pa.array(probs.ravel())
-        offsets = pa.array(np.arange(0, probs.size + 1, probs.shape[1], dtype=np.int32))
         return pa.table({"image_id": batch.column("image_id"),
-                         "probs": pa.ListArray.from_arrays(offsets, flat),
+                         "probs": list_column(probs, np.full(len(probs), probs.shape[1])),
                          "holdout": batch.column("holdout")})

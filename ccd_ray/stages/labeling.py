@@ -30,6 +30,7 @@ from ccd_ray.stages.score_cache import TooManyErrors
 __all__ = ["ERRORS_SCHEMA", "LABELS_SCHEMA", "TooManyErrors", "commit_labels", "labels_stage",
            "raw_stage", "read_labels", "read_raw", "score_initial", "score_relabel"]
 
+
 def raw_stage(round_index: int) -> str:
     return f"round-{round_index}/raw"
 

@@ -45,7 +45,7 @@ from ccd_ray.io.storage import (
     write_json,
 )
 from ccd_ray.method.classifier import load_classifier, predict
-from ccd_ray.method.rows import ERRORS_SCHEMA
+from ccd_ray.method.rows import ERRORS_SCHEMA, list_column
 from ccd_ray.method.scoring import pick_device
 from ccd_ray.method.shards import shards_digest
 from ccd_ray.stages import shards as per_shard  # `shards` is a count here
@@ -140,10 +140,7 @@ class ClassifierPredictor(_DecodingStage):
                         self.cfg.compute.images_per_batch).float().numpy()
         missing = np.ones(batch.num_rows, bool)
         missing[good] = False
-        offsets = np.zeros(batch.num_rows + 1, np.int32)
-        np.cumsum(np.where(missing, 0, probs.shape[1]), out=offsets[1:])
-        scores = pa.ListArray.from_arrays(pa.array(offsets), pa.array(probs.ravel()),
-                                          mask=pa.array(missing))
+        scores = list_column(probs, np.where(missing, 0, probs.shape[1]), missing)
         return pa.Table.from_arrays([batch.column("image_id"), scores,
                                      pa.array(errors, pa.string()), pa.array(stages, pa.string())],
                                     schema=PREDICTED_SCHEMA)

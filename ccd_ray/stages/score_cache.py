@@ -39,7 +39,7 @@ import pyarrow.dataset as pads
 from ccd_ray.config import CCDConfig
 from ccd_ray.io.corpus import READER_VERSION, corpus_layout
 from ccd_ray.io.storage import RunStore, exists, read_json, write_json
-from ccd_ray.method.rows import ERRORS_SCHEMA, id_array, list_matrix
+from ccd_ray.method.rows import error_rows, id_array, list_matrix
 from ccd_ray.method.shards import shards_digest
 from ccd_ray.method.teacher import LOCAL_DIR_PREFIX
 from ccd_ray.stages.actors import CamBoxer, GuidedViewScorer, InitialViewScorer
@@ -252,9 +252,7 @@ def read_pooled(fs, files: list[str] | str, num_classes: int, how: str
     table = pads.dataset(files, filesystem=fs, format="parquet").to_table(
         columns=["image_id", f"{how}_scores", "error", "error_stage"])
     bad = pc.is_valid(table.column("error"))
-    errors = table.filter(bad)
-    errors = pa.table({"image_id": errors.column("image_id"), "stage": errors.column("error_stage"),
-                       "reason": errors.column("error")}, schema=ERRORS_SCHEMA)
+    errors = error_rows(table.filter(bad))
     if len(errors):
         table = table.filter(pc.invert(bad))
     ids = id_array(table.column("image_id"))

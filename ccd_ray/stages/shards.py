@@ -23,7 +23,7 @@ import ray
 
 from ccd_ray.io.corpus import CorpusLayout, read_task_rows
 from ccd_ray.io.storage import MARKER, RunStore, exists
-from ccd_ray.method.rows import ERRORS_SCHEMA, id_array, labels_table, list_matrix
+from ccd_ray.method.rows import error_rows, id_array, labels_table, list_matrix
 from ccd_ray.method.shards import ShardProgress, ShardTally, total_counts
 
 SHARD_COLUMNS = ("shard", "shard_rows")
@@ -108,8 +108,7 @@ def write_labels(rows: pa.Table, fs: pafs.FileSystem, folder: str, part: str,
         files.append(f"labels-{part}.parquet")
         pq.write_table(table, posixpath.join(folder, files[-1]), filesystem=fs)
     if bad.num_rows:
-        errors = pa.table({"image_id": bad.column("image_id"), "stage": bad.column("error_stage"),
-                           "reason": bad.column("error")}, schema=ERRORS_SCHEMA)
+        errors = error_rows(bad)
         files.append(f"errors-{part}.parquet")
         pq.write_table(errors, posixpath.join(folder, files[-1]), filesystem=fs)
     return files
