@@ -6,7 +6,7 @@ The corpus: --images synthetic photos of 500 x 375 (the SynthScenes shapes and c
 at 500 px, on a 1/f colour texture, the power spectrum of natural images, plus sensor-like
 noise), saved as JPEG quality 90 (4:2:0, as web corpora are), in memory. Each image goes
 through the stage's own path (io.decode.decode_image with the default data.max_image_side,
-method.classifier.resize_images to S, io.inputs_codec.encode_inputs); decoding is
+io.inputs_codec.resize_inputs to S, io.inputs_codec.encode_inputs); decoding is
 io.inputs_codec.decode_inputs, timed in this one process (one CPU: a Ray Data worker's rate),
 the best of --repeats passes.
 
@@ -26,8 +26,7 @@ from PIL import Image
 from ccd_ray.config import DataConfig
 from ccd_ray.demo.scenes import CLASS_NAMES, make_scene
 from ccd_ray.io.decode import decode_image
-from ccd_ray.io.inputs_codec import decode_inputs, encode_inputs
-from ccd_ray.method.classifier import resize_images
+from ccd_ray.io.inputs_codec import decode_inputs, encode_inputs, resize_inputs
 
 WIDTH, HEIGHT = 500, 375
 CORPUS_QUALITY = 90
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
           "(1 CPU) | decode images/s (1 CPU) | mean abs error (0..255) |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for size in [int(s) for s in args.sizes.split(",")]:
-        pixels = resize_images(decoded, size).numpy()
+        pixels = resize_inputs(decoded, size)
         for name, encoding, encode, decode in [
                 ("raw uint8", None, raw_encode, raw_decode),
                 (f"jpeg q{args.quality}", "jpeg", encode_inputs, decode_inputs),

@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if decoded.error:
                     raise RuntimeError(f"{image_id}: {decoded.error}")
                 ids.append(image_id)
-                images.append(decoded.image)
+                images.append(torch.from_numpy(decoded.image))
             return ids, images
 
         def plain_loop() -> dict[str, Any]:

@@ -299,7 +299,7 @@ def views(args, out: Path) -> None:
     print(f"| none (round {args.after_round}) | - | - | - | - | {quality(previous)} |")
     for name, overrides in VIEW_VARIANTS.items():
         variant, _ = run_store(args, out, "full_ccd", [*side, *overrides])
-        threshold = selection_threshold(variant, lambda: probs[torch.from_numpy(train)])
+        threshold = selection_threshold(variant, lambda: probs[torch.from_numpy(train)].numpy())
         selected = select_classes(probs, threshold)
         boxes = relabel_boxes(probs, cams, images, ids, threshold, round_index, variant)
         area, whole = [], []

@@ -55,8 +55,10 @@ def inputs_sha256(inputs: torch.Tensor) -> str:
 
 
 def student_inputs(scenes: np.ndarray, side: int) -> torch.Tensor:
-    """uint8 N x 3 x 96 x 96 scenes resized as the train-inputs stage resizes them (before it
-    encodes them: see Bundle.pixels)."""
+    """uint8 N x 3 x 96 x 96 scenes resized as the exported classifier resizes its inputs
+    (classifier.resize_images; the train-inputs stage's Pillow resize, io.inputs_codec.
+    resize_inputs, differs from it by at most 1 in a pixel value), before encoding (see
+    Bundle.pixels)."""
     return resize_images(list(torch.from_numpy(scenes)), side)
 
 

@@ -60,7 +60,7 @@ def world_corpus(images: int) -> tuple[list[torch.Tensor], list[str], np.ndarray
     pixels, ids, truth = [], [], []
     for image_id, png, labels in synthetic_records(images, CORPUS_SEED, IMAGE_SIDE, MAX_OBJECTS,
                                                    SCENE_SCALE):
-        pixels.append(decode_image(png, max_pixels=IMAGE_SIDE * IMAGE_SIDE).image)
+        pixels.append(torch.from_numpy(decode_image(png, max_pixels=IMAGE_SIDE * IMAGE_SIDE).image))
         ids.append(image_id)
         truth.append([name in labels for name in CLASS_NAMES])
     return pixels, ids, np.array(truth, dtype=np.int8)

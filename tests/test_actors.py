@@ -79,8 +79,8 @@ def _check_errors(out: pa.Table, expected) -> list[int]:
 
 def _decoded(batch: pa.Table, rows: list[int], cfg) -> list[torch.Tensor]:
     images = batch.column("image").to_pylist()
-    return [decode_image(images[i], cfg.data.max_image_pixels, cfg.data.max_image_side).image
-            for i in rows]
+    return [torch.from_numpy(decode_image(images[i], cfg.data.max_image_pixels,
+                                          cfg.data.max_image_side).image) for i in rows]
 
 
 def _pooled(out: pa.Table, rows: list[int], num_classes: int) -> np.ndarray:

@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+import torch
 from conftest import ZOO_MAX_PIXELS, attempts, image_zoo, make_classifier, run_to_round, tree
 
 from ccd_ray.config import config_from_dict
@@ -111,8 +112,8 @@ def test_good_images_of_any_mode_match_the_reference(bad_run):
     cfg = bad_run.cfg
     teacher = Teacher.from_config(cfg.teacher, cfg.classes)
     ids = sorted(bad_run.good)
-    images = [decode_image(bad_run.data[i], cfg.data.max_image_pixels,
-                           cfg.data.max_image_side).image for i in ids]
+    images = [torch.from_numpy(decode_image(bad_run.data[i], cfg.data.max_image_pixels,
+                                            cfg.data.max_image_side).image) for i in ids]
     raw = initial_scores(teacher, images, ids, cfg)
     bias = label_ops.bias_vector(
         label_ops.bias_partials(raw, cfg.labels.threshold, cfg.initial.entropy_threshold),

@@ -12,13 +12,13 @@ import yaml
 from ccd_ray.config import CCDConfig, ConfigError
 from ccd_ray.demo.scenes import make_scenes
 from ccd_ray.io.decode import encode_png
-from ccd_ray.io.inputs_codec import decode_inputs, encode_inputs
+from ccd_ray.io.inputs_codec import decode_inputs, encode_inputs, resize_inputs
 from ccd_ray.io.storage import RunStore, write_bytes
 from ccd_ray.method.classifier import resize_images
 from ccd_ray.method.local import TrainingInputs
 from ccd_ray.stages.labeling import raw_stage
 from ccd_ray.stages.pipeline import check_run_config
-from ccd_ray.stages.train import _inputs_batch
+from ccd_ray.stages.train_inputs import inputs_batch
 
 # JPEG q95 of the synthetic scenes at 64 px: what the stored inputs may lose (0..255 scale).
 # Measured 1.6 (mean; the largest single error 24, at sharp shape edges); the bound leaves
@@ -93,15 +93,29 @@ def test_in_process_inputs_are_the_pixels_the_stage_stores(make_config, encoding
     ids = [f"s{i}" for i in range(4)]
     batch = pa.table({"image_id": ids, "image": [encode_png(s.image) for s in scenes],
                       "error": [None] * 4})
-    stored = _inputs_batch(batch, cfg.to_dict())
+    stored = inputs_batch(batch, cfg.to_dict())
     images = [torch.from_numpy(s.image).permute(2, 0, 1) for s in scenes]
     local = TrainingInputs.from_images(ids, images, cfg)
     np.testing.assert_array_equal(decode_inputs(stored.column("image").to_pylist(), 40),
                                   local.pixels)
     assert stored.column("holdout").to_pylist() == local.holdout.tolist()
-    resized = resize_images(images, 40).numpy()
+    resized = resize_inputs(images, 40)
     # lossy jpeg: the decoded pixels, not the resized ones, are what both paths train on
     assert np.array_equal(local.pixels, resized) == (encoding == "png")
+
+
+@pytest.mark.parametrize("height, width, size", [(96, 96, 64), (96, 96, 224), (375, 500, 224),
+                                                 (50, 300, 64)])
+def test_the_stored_resize_matches_the_exported_classifiers_resize(height, width, size):
+    """resize_inputs (Pillow, what the stage stores) and classifier.resize_images (torch, inside
+    the exported classifier) differ by at most 1 in a pixel value, shrinking and enlarging;
+    a missing antialias or a transposed axis would differ by tens."""
+    image = np.random.default_rng(height).integers(0, 256, (3, height, width), dtype=np.uint8)
+    image[:, height // 3:, : width // 2] //= 4  # an edge, so a shifted grid shows too
+    ours = resize_inputs([image], size).astype(int)
+    theirs = resize_images([torch.from_numpy(image)], size).numpy().astype(int)
+    assert ours.shape == theirs.shape == (1, 3, size, size)
+    assert np.abs(ours - theirs).max() <= 1
 
 
 def test_a_run_stored_before_the_encoded_inputs_refuses_a_rerun(tmp_path):

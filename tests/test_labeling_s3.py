@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
+import torch
 from conftest import attempts, make_classifier, run_to_round, tree
 
 from ccd_ray.io.corpus import discover, read_ground_truth
@@ -92,7 +93,8 @@ def reference(corpus):
     cfg = corpus.cfg
     teacher = Teacher.from_config(cfg.teacher, cfg.classes)
     ids = [r[0] for r in corpus.records]
-    images = [decode_image(r[1], cfg.data.max_image_pixels, cfg.data.max_image_side).image
+    images = [torch.from_numpy(decode_image(r[1], cfg.data.max_image_pixels,
+                                            cfg.data.max_image_side).image)
               for r in corpus.records]
     raw = initial_scores(teacher, images, ids, cfg)
     bias = label_ops.bias_vector(

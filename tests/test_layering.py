@@ -50,8 +50,8 @@ def test_the_check_fails_for_a_module_that_imports_the_blocked_package(blocked, 
 # the part writers): each new worker process imports them, and torch with torchvision costs
 # it seconds (ccd_ray.stages.train imports in ~6 s on 2 cores, these in under 1 s).
 TORCH_FREE_TASK_MODULES = ["ccd_ray.stages.datasets", "ccd_ray.stages.shards",
-                           "ccd_ray.method.rows", "ccd_ray.method.shards",
-                           "ccd_ray.method.thresholds"]
+                           "ccd_ray.stages.train_inputs", "ccd_ray.method.rows",
+                           "ccd_ray.method.shards", "ccd_ray.method.thresholds"]
 
 
 def test_task_modules_import_without_torch():
@@ -62,8 +62,8 @@ def test_task_modules_import_without_torch():
 def test_the_task_functions_live_in_those_modules():
     """What each task pickles by reference is the module the worker imports."""
     from ccd_ray.method.rows import training_rows
-    from ccd_ray.stages import datasets, shards
+    from ccd_ray.stages import datasets, shards, train_inputs
 
     for fn in (training_rows, datasets._read_task, shards._read_shards, shards._write_parts,
-               shards.write_views, shards.write_labels):
+               shards.write_views, shards.write_labels, train_inputs.inputs_batch):
         assert fn.__module__ in TORCH_FREE_TASK_MODULES, fn

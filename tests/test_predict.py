@@ -189,8 +189,8 @@ def test_predict_labels_an_s3_corpus_and_resumes_after_a_kill(ray_session, s3_co
     good = sorted(i for i in images if i not in BAD)
     assert labels.column("image_id").to_pylist() == good
     model, names, size = load_classifier(io.BytesIO(checkpoint))
-    decoded = [decode_image(images[i], cfg.data.max_image_pixels, cfg.data.max_image_side).image
-               for i in good]
+    decoded = [torch.from_numpy(decode_image(images[i], cfg.data.max_image_pixels,
+                                             cfg.data.max_image_side).image) for i in good]
     expected = predict(model, decoded, size).numpy()
     got = np.asarray(labels.column("scores").to_pylist(), dtype=np.float32)
     assert np.abs(got - expected).max() <= TOLERANCE

@@ -1,7 +1,8 @@
-"""The stored form of the classifier's training inputs (the `train-inputs` stage): each resized
-uint8 image encoded once, as JPEG or PNG, so the stage is about the size of a JPEG corpus
-instead of 3 x S x S raw bytes per image; every reader decodes with `decode_inputs`, and the
-in-process executor trains on `round_trip` of the same pixels, so both see the same inputs."""
+"""The stored form of the classifier's training inputs (the `train-inputs` stage): each image
+resized to the student's square input (`resize_inputs`) and encoded once, as JPEG or PNG, so the
+stage is about the size of a JPEG corpus instead of 3 x S x S raw bytes per image; every reader
+decodes with `decode_inputs`, and the in-process executor trains on `round_trip` of the same
+pixels, so both see the same inputs."""
 
 from __future__ import annotations
 
@@ -17,6 +18,20 @@ ENCODINGS = ("jpeg", "png")
 # synthetic scenes at 96 px, q95: mean error 3.1 and up to 132 at colour edges, against 1.5
 # and 25 for 4:4:4, at 1.5x the bytes). Pinned, so a Pillow upgrade does not change it.
 JPEG_SUBSAMPLING = "4:4:4"
+
+
+def resize_inputs(images: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """uint8 3 x H x W images -> uint8 N x 3 x size x size, the aspect stretched (so the CAM
+    grid spans the whole image in both axes). Pillow's bilinear filter widens its support when
+    shrinking (antialiased), as classifier.resize_images (torch, antialias=True) does inside the
+    exported classifier: the two differ by at most 1 in a pixel value (rounding), far below the
+    JPEG error of the stored inputs; Pillow keeps the Ray Data tasks that build them torch-free."""
+    out = np.empty((len(images), 3, size, size), np.uint8)
+    for row, image in enumerate(images):
+        hwc = np.ascontiguousarray(np.asarray(image).transpose(1, 2, 0))
+        resized = Image.fromarray(hwc).resize((size, size), Image.BILINEAR)
+        out[row] = np.asarray(resized).transpose(2, 0, 1)
+    return out
 
 
 def encode_inputs(pixels: np.ndarray, encoding: str, quality: int) -> list[bytes]:

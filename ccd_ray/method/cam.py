@@ -85,14 +85,6 @@ def cam_boxes(cams: torch.Tensor, class_indices: list[int], height: int, width: 
     return np.stack(boxes)
 
 
-def avg_count_threshold(probs: torch.Tensor, avg_count: int) -> float:
-    """The authors' class-selection rule: the probability threshold at which on average
-    avg_count classes per image pass (the (N * avg_count)-th largest probability)."""
-    flat = probs.flatten()
-    k = min(len(flat), max(1, avg_count * probs.shape[0]))
-    return float(torch.topk(flat, k).values[-1])
-
-
 def select_classes(probs: torch.Tensor, threshold: float) -> list[list[int]]:
     """Per image, the classes whose classifier probability reaches threshold; at least the top one,
     so every image gets a local look."""

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from ccd_ray.config import CCDConfig
-from ccd_ray.io.inputs_codec import round_trip
-from ccd_ray.method.classifier import CAMClassifier, normalise, resize_images, save_classifier
+from ccd_ray.io.inputs_codec import resize_inputs, round_trip
+from ccd_ray.method.classifier import CAMClassifier, normalise, save_classifier
 from ccd_ray.method.rounds import RoundScores, RoundsResult, Targets, run_rounds
 from ccd_ray.method.rows import Chunk, attach_targets
 from ccd_ray.method.schedule import Segment, is_holdout, selection_threshold
@@ -41,7 +41,7 @@ class TrainingInputs:
         """Inputs resized and encoded as the train-inputs stage stores them, decoded as the
         Train workers read them, split as a run splits them."""
         tc = cfg.train
-        pixels = round_trip(resize_images(images, tc.image_size).numpy(), tc.inputs_encoding,
+        pixels = round_trip(resize_inputs(images, tc.image_size), tc.inputs_encoding,
                             tc.inputs_quality)
         return cls(np.asarray(ids), pixels,
                    np.array([is_holdout(i, cfg.train.holdout_fraction, cfg.seed) for i in ids]))
@@ -165,8 +165,8 @@ class LocalExecutor:
         model = trained.model if trained is not None else None
 
         def threshold() -> float:
-            return selection_threshold(self.cfg, lambda: torch.from_numpy(
-                predict_pixels(model, self.inputs.training_pixels)))
+            return selection_threshold(
+                self.cfg, lambda: predict_pixels(model, self.inputs.training_pixels))
 
         raw = np.asarray(self.source.raw(self.cfg, round_index, model, threshold), np.float32)
         self.scored[round_index] = raw

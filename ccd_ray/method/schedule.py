@@ -1,5 +1,5 @@
 """The CCD schedule: which epochs train on which round's labels, the held-out split, and the
-relabel round's class-selection threshold."""
+relabel round's class-selection threshold. No torch: the train-inputs tasks split with it."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
+import numpy as np
 
 from ccd_ray.config import CCDConfig
-from ccd_ray.method.cam import avg_count_threshold
+from ccd_ray.method.thresholds import avg_count_threshold
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ def is_holdout(image_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "little") / 2**64 < fraction
 
 
-def selection_threshold(cfg: CCDConfig, training_probs: Callable[[], torch.Tensor]) -> float:
+def selection_threshold(cfg: CCDConfig, training_probs: Callable[[], np.ndarray]) -> float:
     """The relabel class-selection threshold: relabel.selection_threshold, or the authors'
     average-count rule on the classifier's probabilities over the training images (computed
     only when that rule asks for them)."""

@@ -25,6 +25,14 @@ def label_indices(scores: np.ndarray, threshold: float | np.ndarray
     return offsets, np.nonzero(mask)[1]
 
 
+def avg_count_threshold(probs: np.ndarray, avg_count: int) -> float:
+    """The authors' relabel class-selection rule: the probability threshold at which on average
+    avg_count classes per image pass (the (N * avg_count)-th largest probability)."""
+    flat = np.asarray(probs).ravel()
+    k = min(len(flat), max(1, avg_count * len(probs)))
+    return float(np.partition(flat, len(flat) - k)[len(flat) - k])
+
+
 def count_thresholds(scores: np.ndarray, counts: np.ndarray) -> np.ndarray:
     """Per class c, the score of its counts[c]-th highest image (counts clipped to [1, N]):
     the counts[c] images that score c highest get it (ties at that score too)."""

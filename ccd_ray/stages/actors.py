@@ -98,7 +98,7 @@ class _DecodingStage:
                 errors[i], stages[i] = decoded.error, "decode"
             else:
                 good.append(i)
-                images.append(decoded.image)
+                images.append(torch.from_numpy(decoded.image))
         return good, images, errors, stages
 
 

@@ -16,7 +16,6 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
-import torch
 import yaml
 
 from ccd_ray.cli import log
@@ -28,14 +27,8 @@ from ccd_ray.method.rounds import RoundScores, Targets, run_rounds
 from ccd_ray.method.schedule import Segment, selection_threshold
 from ccd_ray.stages import labeling
 from ccd_ray.stages.evaluate import FINAL_STAGE, classifier_scores, finish_run, training_probs
-from ccd_ray.stages.train import (
-    INPUTS_STAGE,
-    build_inputs,
-    checkpoint_at,
-    export_classifier,
-    fit_segment,
-    training_dataset,
-)
+from ccd_ray.stages.train import checkpoint_at, export_classifier, fit_segment, training_dataset
+from ccd_ray.stages.train_inputs import INPUTS_STAGE, build_inputs
 
 CLASSIFIER_FILE = "classifier.pt"
 logger = logging.getLogger(__name__)
@@ -129,8 +122,8 @@ class RayExecutor:
                 labeling.score_initial(cfg, store)
             elif store.committed(name) is None:
                 classifier = self.classifier(trained)
-                threshold = selection_threshold(cfg, lambda: torch.from_numpy(
-                    training_probs(classifier_scores(cfg, store, classifier))))
+                threshold = selection_threshold(
+                    cfg, lambda: training_probs(classifier_scores(cfg, store, classifier)))
                 labeling.score_relabel(cfg, store, round_index, classifier, threshold)
         ids, raw, _ = labeling.read_raw(cfg, store, round_index)
         return RoundScores(ids, raw)

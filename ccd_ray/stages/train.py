@@ -1,7 +1,7 @@
 """Ray Train: DDP training of the CAM classifier on the corpus joined with a round's labels.
 
-The images are decoded, resized and re-encoded (train.inputs_encoding) once per run into a
-`train-inputs` stage, decoded again on the Ray Data workers that feed training; each training
+The Ray Data workers that feed training decode the `train-inputs` stage (stages.train_inputs:
+each image resized and encoded once per run) and attach the current soft labels; each training
 segment (the epochs between two relabel rounds) is one TorchTrainer.fit() whose workers
 stream their shard of those inputs with the current soft labels attached. A segment starts
 from the previous segment's last checkpoint (weights, Adam state, epoch), so the segments
@@ -15,7 +15,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import ray
 import ray.train
 import torch
@@ -32,59 +31,15 @@ from ray.train import (
 from ray.train.torch import TorchTrainer
 
 from ccd_ray.config import CCDConfig, config_from_dict
-from ccd_ray.io.decode import decode_image
-from ccd_ray.io.inputs_codec import encode_inputs
-from ccd_ray.io.storage import RunStore, list_files
-from ccd_ray.method.classifier import CAMClassifier, resize_images, save_classifier
+from ccd_ray.io.storage import RunStore
+from ccd_ray.method.classifier import CAMClassifier, save_classifier
 from ccd_ray.method.rounds import Targets
 from ccd_ray.method.rows import training_rows
-from ccd_ray.method.schedule import is_holdout
 from ccd_ray.method.training import fit_epochs
-from ccd_ray.stages.datasets import corpus_rows
+from ccd_ray.stages.train_inputs import input_files
 
-INPUTS_STAGE = "train-inputs"
 STATE_FILE = "state.pt"
 ROWS_PER_READ = 256  # rows per chunk a worker reads of its shard (the order does not depend on it)
-
-
-def _inputs_batch(batch: pa.Table, cfg_dict: dict) -> pa.Table:
-    cfg = config_from_dict(cfg_dict)
-    tc = cfg.train
-    ids, encoded, holdout = [], [], []
-    for image_id, data, error in zip(batch.column("image_id").to_pylist(),
-                                     batch.column("image").to_pylist(),
-                                     batch.column("error").to_pylist()):
-        if error:
-            continue  # recorded by the labeling stages
-        decoded = decode_image(data, cfg.data.max_image_pixels, cfg.data.max_image_side)
-        if decoded.error:
-            continue
-        ids.append(image_id)
-        encoded += encode_inputs(resize_images([decoded.image], tc.image_size).numpy(),
-                                 tc.inputs_encoding, tc.inputs_quality)
-        holdout.append(is_holdout(image_id, tc.holdout_fraction, cfg.seed))
-    return pa.table({"image_id": pa.array(ids, pa.string()),
-                     "image": pa.array(encoded, pa.binary()),
-                     "holdout": pa.array(holdout, pa.bool_())})
-
-
-def build_inputs(cfg: CCDConfig, store: RunStore) -> str:
-    """Decode and resize every good image once (uint8, train.image_size), stored encoded
-    (ccd_ray.io.inputs_codec), with its split."""
-    if store.committed(INPUTS_STAGE) is None:
-        attempt = store.begin(INPUTS_STAGE)
-        inputs = corpus_rows(cfg).map_batches(_inputs_batch, batch_format="pyarrow",
-                                              fn_kwargs={"cfg_dict": cfg.to_dict()})
-        # rows land in corpus order, so every run trains on the same sequence (reproducible)
-        inputs.context.execution_options.preserve_order = True
-        inputs.write_parquet(attempt, filesystem=store.fs)
-        store.commit(INPUTS_STAGE, attempt)
-    return store.committed(INPUTS_STAGE)
-
-
-def input_files(store: RunStore, inputs_path: str) -> list[str]:
-    """The stage's Parquet files in row order (write order): every reader streams them so."""
-    return list_files(store.fs, inputs_path, (".parquet",))
 
 
 def training_dataset(cfg: CCDConfig, inputs_path: str, store: RunStore, targets: Targets

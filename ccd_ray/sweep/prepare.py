@@ -17,7 +17,7 @@ import torch
 
 from ccd_ray.config import CCDConfig, ConfigError
 from ccd_ray.io.corpus import corpus_layout, corpus_truth, read_task_rows
-from ccd_ray.io.decode import decode_image
+from ccd_ray.io.decode import decoded_rows
 from ccd_ray.io.inputs_codec import decode_inputs
 from ccd_ray.io.storage import RunStore, filesystem_for, read_json
 from ccd_ray.method.classifier import CAMClassifier
@@ -26,7 +26,7 @@ from ccd_ray.method.metrics import truth_matrix
 from ccd_ray.method.rounds import run_rounds
 from ccd_ray.method.rows import align_rows
 from ccd_ray.stages import labeling
-from ccd_ray.stages.train import build_inputs, input_files
+from ccd_ray.stages.train_inputs import build_inputs, input_files
 from ccd_ray.sweep.spec import SweepSpec, ValidationSpec
 from ccd_ray.sweep.trial import TrialData
 
@@ -116,14 +116,9 @@ def decode_corpus(cfg: CCDConfig) -> dict[str, torch.Tensor]:
     images = {}
     for files in layout.tasks:
         for table in read_task_rows(fs, layout, files):
-            for image_id, data, error in zip(table.column("image_id").to_pylist(),
-                                             table.column("image").to_pylist(),
-                                             table.column("error").to_pylist()):
-                if error:
-                    continue
-                decoded = decode_image(data, cfg.data.max_image_pixels, cfg.data.max_image_side)
-                if decoded.image is not None and not decoded.error:
-                    images[image_id] = decoded.image
+            for image_id, image in decoded_rows(table, cfg.data.max_image_pixels,
+                                                cfg.data.max_image_side):
+                images[image_id] = torch.from_numpy(image)
     return images
 
 
