@@ -7,6 +7,7 @@ Imports neither Ray nor torch: a start that fails its checks ends before those i
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import posixpath
@@ -286,9 +287,13 @@ def run_log(cfg: CCDConfig, folder: str, job: str, collapse_tracebacks: bool = T
 
 @contextmanager
 def started_job(cfg: CCDConfig, folder: str, job: str, checks: list[str],
-                args: argparse.Namespace) -> Iterator[None]:
+                args: argparse.Namespace, imports: str | None = None) -> Iterator[None]:
     """A job's work after its checks passed: inside its run log (opened with the checks' lines
-    and the log's path), on Ray joined or started per --address and --progress."""
+    and the log's path), on Ray joined or started per --address and --progress.
+
+    imports: the module the job's work lives in, imported while Ray starts. Both take seconds
+    (torch and torchvision about 5 s on 2 cores; a local Ray's daemons about 7 s), and the
+    driver only waits on Ray's start, so a thread overlaps them; its error is raised here."""
     with run_log(cfg, folder, job, collapse_tracebacks=not args.debug) as log_uri:
         for line in checks:
             log(f"checked: {line}")
@@ -296,7 +301,22 @@ def started_job(cfg: CCDConfig, folder: str, job: str, checks: list[str],
         # Ray only now: a start that fails its checks ends before this import
         from ccd_ray.stages.runtime import init_ray
 
+        failed: list[BaseException] = []
+
+        def load() -> None:
+            try:
+                importlib.import_module(imports)
+            except BaseException as exc:  # raised in the job's thread below
+                failed.append(exc)
+
+        loader = threading.Thread(target=load, name="job-imports", daemon=True)
+        if imports:
+            loader.start()
         init_ray(args.address, progress=args.progress)
+        if imports:
+            loader.join()
+        if failed:
+            raise failed[0]
         yield
 
 

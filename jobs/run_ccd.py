@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     overrides = args.set + ([f"run_id={args.run_id}"] if args.run_id else [])
     cfg = job_config(args.config, overrides)
     checks = prepare_job(args.config, overrides, cfg)
-    with started_job(cfg, cfg.run_id, "run_ccd", checks, args):
-        from ccd_ray.stages.pipeline import run_ccd  # torch only now, as Ray (started_job)
+    with started_job(cfg, cfg.run_id, "run_ccd", checks, args, imports="ccd_ray.stages.pipeline"):
+        from ccd_ray.stages.pipeline import run_ccd  # torch only now, with Ray (started_job)
 
         run_ccd(cfg)
     return 0

@@ -78,8 +78,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = job_config(args.config, args.set)
     spec = parse_sweep_spec(spec_data(args), cfg)
     checks = prepare_job(args.config, args.set, cfg)
-    with started_job(cfg, spec.sweep_id, "sweep", checks, args):
-        from ccd_ray.sweep.tune import run_sweep  # torch only now, as Ray (started_job)
+    with started_job(cfg, spec.sweep_id, "sweep", checks, args, imports="ccd_ray.sweep.tune"):
+        from ccd_ray.sweep.tune import run_sweep  # torch only now, with Ray (started_job)
 
         outcome = run_sweep(cfg, spec)
     print(f"summary: {outcome.summary_folder}")

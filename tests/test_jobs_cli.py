@@ -156,3 +156,45 @@ def test_a_librarys_root_logging_call_gives_the_console_no_info_lines():
                                 text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         assert ("INFO:ccd.test:an INFO record" in result.stderr) == expect_info, result.stderr
+
+
+def _started(tmp_path, monkeypatch, module: str, source: str | None, wait_s: float = 10):
+    """Enter started_job with `imports=module` on a stand-in for Ray's start that waits up to
+    wait_s for the module to be imported meanwhile; returns whether it saw it before returning
+    (an import after Ray's start, as before, would not be seen)."""
+    import argparse
+    import threading
+
+    from ccd_ray import cli
+    from ccd_ray.config import CCDConfig
+    from ccd_ray.stages import runtime
+
+    if source is not None:
+        (tmp_path / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    seen = threading.Event()
+
+    def slow_start(address, progress):
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline and not seen.is_set():
+            if module in sys.modules:
+                seen.set()
+            time.sleep(0.01)
+
+    monkeypatch.setattr(runtime, "init_ray", slow_start)
+    cfg = CCDConfig()
+    cfg.data.output_uri = str(tmp_path / "out")
+    args = argparse.Namespace(debug=False, address=None, progress=False)
+    with cli.started_job(cfg, "run", "run_ccd", [], args, imports=module):
+        pass
+    return seen.is_set()
+
+
+def test_the_jobs_module_imports_while_ray_starts(tmp_path, monkeypatch):
+    assert _started(tmp_path, monkeypatch, "ccd_overlap_probe", "VALUE = 1\n")
+
+
+def test_a_failed_import_during_rays_start_is_raised(tmp_path, monkeypatch):
+    with pytest.raises(ModuleNotFoundError, match="ccd_missing_probe"):
+        _started(tmp_path, monkeypatch, "ccd_missing_probe", None, wait_s=0.5)

@@ -24,7 +24,14 @@ def init_ray(address: str | None = None, progress: bool = False) -> None:
     the State API every second whether the training controller is alive. Without the API
     server each ask fails ("Failed to query Ray Train Controller actor state", once a second
     for every fit); without the address a worker finds the API server by looking for Ray
-    instances on the machine, which fails where there are several."""
+    instances on the machine, which fails where there are several.
+
+    On the local instance Ray Train also runs lighter (on a cluster both stay Ray's defaults):
+    no preemption watcher, which reports a node a cloud provider is about to reclaim, cannot
+    happen to this machine, and costs every fit one more actor process to start; and its
+    controller polls the workers every 0.5 s instead of 2 s, so a fit returns up to 1.5 s
+    sooner after its last epoch (a poll of a local worker costs nothing; a missed one is
+    tolerated for RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S, 10 minutes)."""
     if ray.is_initialized():
         return
     quiet_ray_console(progress)
@@ -36,7 +43,9 @@ def init_ray(address: str | None = None, progress: bool = False) -> None:
         ray.init(address="local", num_cpus=max(4, 2 * (os.cpu_count() or 1)),
                  include_dashboard=True, dashboard_host=LOOPBACK, dashboard_port=port,
                  runtime_env={"env_vars": {
-                     "RAY_API_SERVER_ADDRESS": f"http://{LOOPBACK}:{port}"}})
+                     "RAY_API_SERVER_ADDRESS": f"http://{LOOPBACK}:{port}",
+                     "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                     "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}})
 
 
 def _free_port() -> int:
