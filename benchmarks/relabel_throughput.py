@@ -29,6 +29,14 @@ One run, on the same images and the same teacher weights, measures:
       pass, on the first --per-view-images images (it is slow; its rate does not depend on
       the count).
 
+Where the pipeline's CPU goes: before and after each pipeline run, the user + system CPU
+seconds of every process on the machine (/proc/<pid>/stat), summed per group: the teacher's
+actor (a process titled ray::..MapWorker..), Ray's other workers (read and write tasks, idle
+pooled workers), Ray's daemons (raylet, GCS, dashboard, monitors), this driver process, and
+the rest of the machine. Full minus tiny gives each group's steady-state CPU seconds, against
+the host's capacity (steady-state seconds x host CPUs). A process that exits between the two
+samples drops out of them (Ray's task workers are pooled, so few do).
+
 The loops (b) and (c) run in this process after an untimed warm-up and time only the
 decode + crop + score work (the shard bytes are read into memory and the teacher is loaded
 before timing). (b) runs once before and once after the pipeline, so drift in the machine's
@@ -122,6 +130,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.tiny_images >= args.images:
         p.error("--tiny-images must be smaller than --images")
     return args
+
+
+CPU_GROUPS = ("teacher actor", "other Ray workers", "Ray daemons", "driver (this process)",
+              "rest of the machine")
+
+
+def _cpu_group(pid: int, command: str) -> str:
+    if pid == os.getpid():
+        return "driver (this process)"
+    if "MapWorker" in command:
+        return "teacher actor"  # the benchmark's only actor pool
+    if command.startswith("ray::") or "default_worker.py" in command:
+        return "other Ray workers"
+    if any(name in command for name in ("raylet", "gcs_server", "dashboard", "log_monitor",
+                                        "ray/_private", "runtime_env", "monitor.py")):
+        return "Ray daemons"
+    return "rest of the machine"
+
+
+def cpu_by_group() -> dict[str, float]:
+    """CPU seconds (user + system) used so far by the machine's live processes, per group."""
+    tick = os.sysconf("SC_CLK_TCK")
+    totals = dict.fromkeys(CPU_GROUPS, 0.0)
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat") as f:
+                stat = f.read()
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # it exited while being read
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # from field 3 (state) on
+        seconds = (int(fields[11]) + int(fields[12])) / tick  # fields 14, 15: utime, stime
+        totals[_cpu_group(int(entry.name), command)] += seconds
+    return totals
 
 
 def _chunks(items: list, size: int) -> list[list]:
@@ -362,10 +407,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         def pipeline(run_cfg) -> dict[str, Any]:
             store = RunStore.open(run_cfg.data.output_uri, run_cfg.run_id, run_cfg.data)
             ray_data_log.clear()
+            cpu_before = cpu_by_group()
             t = time.perf_counter()
             folder = labeling.score_initial(run_cfg, store)
             seconds = time.perf_counter() - t
+            cpu_after = cpu_by_group()
             return {"seconds": seconds, "folder": folder, "cfg": run_cfg, "store": store,
+                    "cpu_s": {g: cpu_after[g] - cpu_before[g] for g in CPU_GROUPS},
                     "scoring_dataset_s": ray_data_log.seconds(actor_op),
                     "count_pass_s": 0.0,  # counts come from two columns read on the driver
                     "actor_busy_s": ray_data_log.operator_metric(
@@ -421,12 +469,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     def pipeline_entry(run: dict[str, Any], images: int) -> dict[str, Any]:
         # the run's config and store locate its outputs; they are not figures
         return entry(images, run["seconds"], **{k: v for k, v in run.items() if k not in (
-            "seconds", "folder", "cfg", "store")})
+            "seconds", "folder", "cfg", "store", "cpu_s")}, cpu_s_by_group=run["cpu_s"])
 
     steady = entry(extra, full["seconds"] - tiny["seconds"])
     steady["fixed_overhead_s"] = (tiny["seconds"] - n_tiny / steady["images_per_s"]
                                   if steady["seconds"] > 0 else None)
     dataset_steady = entry(extra, _diff(full["scoring_dataset_s"], tiny["scoring_dataset_s"]))
+    steady["cpu_s_by_group"] = {g: full["cpu_s"][g] - tiny["cpu_s"][g] for g in CPU_GROUPS}
+    steady["cpu_capacity_s"] = steady["seconds"] * (os.cpu_count() or 1)
+    steady["actor_cpu_s_per_image"] = _per(steady["cpu_s_by_group"]["teacher actor"], extra)
     actor_steady = entry(extra, _diff(full["actor_busy_s"], tiny["actor_busy_s"]))
     actor_steady["udf_seconds"] = _diff(full["actor_udf_s"], tiny["actor_udf_s"])
     # share of the steady-state pipeline time the actor spent working on batches: measured
@@ -563,6 +614,12 @@ def report(r: dict[str, Any]) -> str:
         f"{_fmt(ratios['actor_utilisation_in_steady_state'], 3)}; actor-only/(b): "
         f"{_fmt(ratios['actor_busy_over_plain'], 3)}x",
         f"- (b)/(c): {_fmt(ratios['plain_over_per_view'], 3)}x",
+        f"- CPU seconds in the steady state (full minus tiny run), of a capacity of "
+        f"{_fmt(steady['cpu_capacity_s'], 1)} ({_fmt(steady['seconds'], 1)} s x "
+        f"{s['host_cpus']} CPUs): " + ", ".join(
+            f"{group} {_fmt(seconds, 1)}" for group, seconds in
+            steady["cpu_s_by_group"].items()) + f"; (b) used {_fmt(bm['cpu_s_per_image'], 3)} "
+        f"CPU s an image, the actor {_fmt(steady['actor_cpu_s_per_image'], 3)}",
         "- CPU s/image (loops only): this process's CPU time, all threads, per image; about "
         "threads x seconds/image when the cores are free",
         f"- fixed pipeline cost (tiny run minus its {tiny['images']} images at the steady rate):"
