@@ -201,3 +201,24 @@ def test_initial_boxes_global_first_and_reproducible():
     assert not np.array_equal(a, initial_boxes(48, 64, 5, (0.1, 0.5), seed=7, image_id="y"))
     _assert_inside(a, 48, 64)
     np.testing.assert_array_equal(initial_boxes(48, 64, 0, (0.1, 0.5), 7, "x"), [[0, 0, 64, 48]])
+
+
+def test_the_crop_benchmarks_candidate_is_todays_letterbox():
+    """benchmarks/crop_views.py's one-call roi_align candidate gives the views crop_views gives,
+    up to its different antialiasing (a shifted grid or a missing mask would differ by whole
+    units of the normalised scale), for boxes of every shape, a shrinking and an enlarging."""
+    from pathlib import Path
+
+    from script_modules import load_script
+
+    bench = load_script(Path(__file__).parents[1] / "benchmarks" / "crop_views.py", "crop_bench")
+    image = torch.nn.functional.avg_pool2d(
+        torch.randint(0, 256, (1, 3, 60, 90), generator=torch.Generator().manual_seed(0)).float(),
+        5, 1, 2)[0].to(torch.uint8)
+    boxes = np.array([[0, 0, 90, 60], [10, 5, 40, 55], [20, 10, 80, 20], [0, 0, 3, 3]])
+    for side in (32, 160):
+        today = crop_views(image, boxes, side, bench.MEAN, bench.STD)
+        candidate = bench.crop_views_roi(image, boxes, side)
+        assert candidate.shape == today.shape
+        assert float((candidate - today).abs().mean()) < 0.02
+        assert torch.equal(candidate == 0, today == 0)  # the same letterbox padding
