@@ -309,14 +309,14 @@ def started_job(cfg: CCDConfig, folder: str, job: str, checks: list[str],
             except BaseException as exc:  # raised in the job's thread below
                 failed.append(exc)
 
-        loader = threading.Thread(target=load, name="job-imports", daemon=True)
-        if imports:
+        loader = threading.Thread(target=load, name="job-imports", daemon=True) if imports else None
+        if loader:
             loader.start()
         init_ray(args.address, progress=args.progress)
-        if imports:
+        if loader:
             loader.join()
-        if failed:
-            raise failed[0]
+            if failed:
+                raise failed[0]
         yield
 
 

@@ -1,9 +1,9 @@
 """Ray Train: DDP training of the CAM classifier on the corpus joined with a round's labels.
 
 The Ray Data workers that feed training decode the `train-inputs` stage (stages.train_inputs:
-each image resized and encoded once per run) and attach the current soft labels; each training
-segment (the epochs between two relabel rounds) is one TorchTrainer.fit() whose workers
-stream their shard of those inputs with the current soft labels attached. A segment starts
+each image resized and encoded once per run); each training segment (the epochs between two
+relabel rounds) is one TorchTrainer.fit() whose workers stream their shard of those inputs
+with the current soft labels attached. A segment starts
 from the previous segment's last checkpoint (weights, Adam state, epoch), so the segments
 together are one uninterrupted schedule; a worker lost mid-epoch is replaced and resumes
 from the segment's last checkpoint (FailureConfig)."""
