@@ -5,8 +5,8 @@ One run on one machine:
 
   (1) the embedded default end to end (`jobs/run_ccd.py`'s `main(argv)`, synthetic corpus and
       pretrained tiny teacher) with `compute.device=cuda`, `compute.gpus_per_actor` > 0 (Ray
-      Data GPU actor pools for the teacher and the CAM boxes; 0.5 by default, since the relabel
-      stage runs a CAM pool and a teacher pool at the same time on the one GPU) and
+      Data GPU actor pools for the teacher, and in phase 2 the classifier's CAM boxes beside
+      it; 0.5 by default, so that two actors share the one GPU when a pool grows) and
       `compute.use_gpu=true` (Ray Train on CUDA). Stage timings are read from what the run
       committed: each stage's `_COMMITTED.json` (raw scoring stages carry `seconds`), the
       labels stages' `summary.json` (`labels_seconds`), and for Ray Train the checkpoint

@@ -7,7 +7,7 @@ shards (ccd_ray.io.packing, as the embedded default makes its corpus) and
 its own output URI (so its own score cache: every run scores everything). The job: the
 embedded default's config (ccd_ray/configs/default.yaml) with its pretrained synthetic
 teacher, changed as JOB_OVERRIDES says (2 random crops, one relabel round with 2 views a box,
-resnet18 at 64 px, 2 epochs, one teacher actor, one CAM actor, one Train worker).
+resnet18 at 64 px, 2 epochs, one teacher actor, one classifier actor, one Train worker).
 
 Per stage of each run (the lines ccd_ray/stages/pipeline.py stage_log writes into the run's
 log file, `<output>/<run>/logs/`: `[ccd-ray] <stage>: done in S s ...` and the time-stamped
@@ -70,7 +70,7 @@ JOB_OVERRIDES = {
     "initial": {"random_crops": 2},
     "relabel": {"rounds": 1, "views_per_box": 2},
     "train": {"backbone": "resnet18", "image_size": 64, "epochs": 2, "warmup_epochs": 1},
-    "compute": {"clip_actors": 1, "cam_actors": 1, "train_workers": 1},
+    "compute": {"clip_actors": 1, "classifier_actors": 1, "train_workers": 1},
 }
 STAGE_LINE = re.compile(r"\[ccd-ray\] (\S+): done in ([0-9.]+) s")
 START_LINE = re.compile(r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*?: (\S+): started$")

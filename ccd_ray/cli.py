@@ -39,8 +39,10 @@ from ccd_ray.preflight import (
 
 EMBEDDED_WORKDIR = Path("outputs") / "_embedded"  # the embedded default's corpus, made once
 # the actor classes that build the teacher (ccd_ray.stages.actors): a death of one of them
-# while it starts is the teacher failing to load
+# while it starts is the teacher failing to load, unless it was the phase-2 actor's classifier
+# (the run's own checkpoint: an internal error)
 TEACHER_ACTORS = ("InitialViewScorer", "GuidedViewScorer")
+CLASSIFIER_LOAD_ERROR = "ClassifierLoadError"
 logger = logging.getLogger("ccd_ray")
 
 
@@ -127,7 +129,8 @@ def _teacher_actor_failure(exc: BaseException) -> str | None:
         if not isinstance(error, ray_exceptions.RayError):
             continue
         text = str(error)
-        if "__init__" in text and any(name in text for name in TEACHER_ACTORS):
+        if "__init__" in text and any(name in text for name in TEACHER_ACTORS) \
+                and CLASSIFIER_LOAD_ERROR not in text:
             return _last_line(error)
     return None
 

@@ -174,8 +174,10 @@ class DataConfig:
 
 @dataclass
 class ComputeConfig:
-    clip_actors: int = _knob(1, low=1, high=10000, help="max teacher actors (pool grows to it)")
-    cam_actors: int = _knob(1, low=1, high=10000, help="max classifier (CAM) actors")
+    clip_actors: int = _knob(1, low=1, high=10000,
+                             help="max teacher actors, phases 1 and 2 (the pool grows to it)")
+    classifier_actors: int = _knob(1, low=1, high=10000,
+                                   help="max classifier actors (evaluation, predict.py)")
     gpus_per_actor: float = _knob(0.0, low=0.0, high=8.0, help="fractional GPUs are fine")
     cpus_per_actor: float = _knob(1.0, low=0.0, high=256.0, help="CPUs reserved per actor")
     images_per_batch: int = _knob(16, low=1, high=65536, help="images per actor batch")
@@ -185,7 +187,7 @@ class ComputeConfig:
                                     help="lost Train workers recovered from the last checkpoint")
     use_gpu: bool = _knob(False, help="one GPU per Ray Train worker (DDP over NCCL)")
     device: str = _knob("auto", choices=("auto", "cpu", "cuda"),
-                        help="device of the CLIP/CAM actors; auto = cuda when the actor sees one")
+                        help="device of the actors' models; auto = cuda when the actor sees one")
 
 
 @dataclass
@@ -254,10 +256,21 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     raise ConfigError(f"{key}: unsupported type {annotation}")
 
 
+# keys of earlier versions: a config that still has one is told what replaced it
+RENAMED_KEYS = {
+    "compute.cam_actors": "compute.classifier_actors (it sizes the evaluation and predict.py "
+                          "pools; a relabel round's CAM boxes now run in the teacher's actors, "
+                          "sized by compute.clip_actors)",
+}
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
+    renamed = [prefix + k for k in unknown if prefix + k in RENAMED_KEYS]
+    if renamed:
+        raise ConfigError(f"'{renamed[0]}' was renamed: use {RENAMED_KEYS[renamed[0]]}")
     if unknown:
         where = f"section '{prefix[:-1]}'" if prefix else "the top level"
         raise ConfigError(f"unknown key '{prefix}{unknown[0]}' in {where}; allowed keys: "

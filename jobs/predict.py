@@ -8,13 +8,13 @@ gets labels: distil on a sample, then predict the rest.
         --output outputs --run-id photos-1
     python jobs/predict.py --classifier s3://bucket/runs/voc/final/attempt-<id>/classifier.pt \\
         --corpus s3://bucket/big-corpus --output s3://bucket/labels --run-id big-1 \\
-        --set compute.cam_actors=8 --set compute.gpus_per_actor=0.5
+        --set compute.classifier_actors=8 --set compute.gpus_per_actor=0.5
 
 --classifier takes a classifier.pt file or a run's committed stage folder (`<run>/final`).
 The corpus is any format the job reads (Parquet shards, WebDataset tars, an image folder;
 local or s3://). Images are decoded and resized as the classifier's training inputs were
 (data.max_image_side, data.max_image_pixels, then the classifier's input size). The class
-names come from the classifier; the compute.* keys size the actor pool (compute.cam_actors
+names come from the classifier; the compute.* keys size the actor pool (compute.classifier_actors
 actors, GPUs with compute.gpus_per_actor). Outputs: <output>/<run-id>/predict/ (see
 docs/predict.md). Rerunning with the same run id resumes: committed shards are skipped.
 

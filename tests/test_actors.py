@@ -1,6 +1,6 @@
 """The Ray Data actor classes called directly (no Ray) on pyarrow batches mixing good rows,
 rows that fail to decode and rows that arrive with a read error: every view's scores and
-boxes, errors carried with their stage, phase 2 decoding each image once."""
+boxes, errors carried with their stage, phase 2's CAM boxes and teacher on one decode."""
 
 from __future__ import annotations
 
@@ -22,9 +22,8 @@ from ccd_ray.method.scoring import (
     score_boxes,
 )
 from ccd_ray.stages.actors import (
-    BOXES_SCHEMA,
     VIEW_SCHEMA,
-    CamBoxer,
+    ClassifierLoadError,
     GuidedViewScorer,
     InitialViewScorer,
 )
@@ -136,45 +135,52 @@ def test_initial_scorer_on_a_batch_without_good_rows(initial_scorer, batch, expe
     assert _check_errors(out, expected) == []
 
 
-def test_cam_boxer_then_guided_scorer(cfg, batch, expected, monkeypatch):
-    """Phase 2 as the two pools chain it: boxes and decoded pixels per good row, errors carried
-    with their stage; the teacher's half scores those pixels without decoding again."""
+def test_guided_scorer_boxes_and_scores_on_one_decode(cfg, batch, expected, monkeypatch):
+    """Phase 2 in one actor: per good row the views around the classifier's CAM boxes (as the
+    method computes them from the decoded image) and the teacher's scores of those views;
+    errors carried with their stage; each image decoded once."""
     model, checkpoint = make_classifier(list(cfg.classes.names), seed=5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        boxer = CamBoxer(cfg.to_dict(), lambda: checkpoint, 0.5, 1)
-        scorer = GuidedViewScorer(cfg.to_dict())
-    boxed = boxer(batch)
-    assert boxed.schema.equals(BOXES_SCHEMA) and "image" not in boxed.column_names
-    good = _check_errors(boxed, expected)
-    boxes = boxed.column("boxes").to_pylist()
-    assert all((boxes[i] is None) == (i not in good) for i in range(boxed.num_rows))
-
-    images = _decoded(batch, good, cfg)
-    for i, image in zip(good, images):
-        assert boxed.column("pixels")[i].as_py() == image.numpy().tobytes()
-    ids = [batch.column("image_id")[i].as_py() for i in good]
-    probs, cams = classifier_outputs(model, images, cfg.train.image_size)
-    want = relabel_boxes(probs, cams, images, ids, 0.5, 1, cfg)
-    for i, w in zip(good, want):
-        assert boxes[i] == w.astype(np.int32).ravel().tolist()
-        assert len(boxes[i]) % (4 * cfg.relabel.views_per_box) == 0
+        scorer = GuidedViewScorer(cfg.to_dict(), lambda: checkpoint, 0.5, 1)
 
     import ccd_ray.stages.actors as actors
 
-    def no_decode(*args, **kwargs):
-        raise AssertionError("the teacher's half decoded an image again")
+    decoded = []
 
-    monkeypatch.setattr(actors, "decode_image", no_decode)
-    out = scorer(boxed)
-    assert out.schema.equals(VIEW_SCHEMA)
-    assert _check_errors(out, expected) == good
-    views = out.column("views").to_pylist()
-    assert [views[i] for i in good] == [len(w) for w in want]
+    def counting_decode(data, *args, **kwargs):
+        decoded.append(data)
+        return decode_image(data, *args, **kwargs)
+
+    monkeypatch.setattr(actors, "decode_image", counting_decode)
+    out = scorer(batch)
+    assert out.schema.equals(VIEW_SCHEMA) and out.num_rows == batch.num_rows
+    good = _check_errors(out, expected)
+    assert len(good) == sum(v is None for v in expected.values())
+    arriving_good = [i for i, e in enumerate(batch.column("error").to_pylist()) if e is None]
+    assert len(decoded) == len(arriving_good) == len(set(decoded))
+
+    images = _decoded(batch, good, cfg)
+    ids = [batch.column("image_id")[i].as_py() for i in good]
+    probs, cams = classifier_outputs(model, images, cfg.train.image_size)
+    want = relabel_boxes(probs, cams, images, ids, 0.5, 1, cfg)
+    boxes, views = out.column("boxes").to_pylist(), out.column("views").to_pylist()
+    for i in range(out.num_rows):
+        if i in good:
+            w = want[good.index(i)]
+            assert boxes[i] == w.astype(np.int32).ravel().tolist() and views[i] == len(w)
+            assert len(w) % cfg.relabel.views_per_box == 0
+        else:
+            assert boxes[i] is None and views[i] == 0
+    assert out.column("teacher_passes")[0].as_py() >= 1
     reference = score_boxes(scorer.teacher, images, want, cfg)
     np.testing.assert_allclose(_pooled(out, good, 4), reference.numpy(), atol=1e-6)
 
 
-def test_cam_boxer_rejects_a_corrupt_checkpoint(cfg):
-    with pytest.raises(Exception, match="(?i)unpickl|load|checkpoint"):
-        CamBoxer(cfg.to_dict(), lambda: b"not a checkpoint", 0.5, 1)
+def test_guided_scorer_names_a_corrupt_classifier_checkpoint(cfg):
+    """A classifier that does not load is the run's own file: ClassifierLoadError, which the
+    job does not report as the teacher failing to load."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(ClassifierLoadError, match="round 1's classifier checkpoint"):
+            GuidedViewScorer(cfg.to_dict(), lambda: b"not a checkpoint", 0.5, 1)

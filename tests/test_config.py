@@ -85,6 +85,16 @@ def test_unknown_top_level_key():
     assert "trian" in str(err.value) and "train" in str(err.value)
 
 
+def test_a_renamed_key_names_its_replacement(tmp_path):
+    """compute.cam_actors (before phase 2 became one actor pool) is refused with the key that
+    replaced it, not only the list of allowed keys."""
+    path = tmp_path / "old.yaml"
+    path.write_text("classes:\n  names: [a]\ncompute:\n  cam_actors: 2\n")
+    with pytest.raises(ConfigError, match=r"'compute.cam_actors' was renamed: use "
+                                          r"compute.classifier_actors"):
+        load_config(path)
+
+
 def test_unknown_key_in_yaml_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("classes:\n  names: [a]\nlabels:\n  alfa: 0.3\n")

@@ -302,6 +302,19 @@ def test_job_errors_map_every_stop_to_its_code():
     assert code == preflight.EXIT_TEACHER
     assert line.startswith("teacher.model: the teacher failed to load")
     assert "SafetensorError: Error while deserializing header" in line
+    # a phase-2 actor whose classifier (the run's own checkpoint) did not load: internal
+    classifier_death = ACTOR_DEATH.replace("InitialViewScorer", "GuidedViewScorer").replace(
+        "safetensors._safetensors_rust.SafetensorError: Error while deserializing header: "
+        "header too large", "ccd_ray.stages.actors.ClassifierLoadError: round 1's classifier "
+        "checkpoint did not load: UnpicklingError: bad")
+    assert "ClassifierLoadError" in classifier_death
+
+    class _ClassifierDeath(ray.exceptions.RayError):
+        def __str__(self) -> str:
+            return classifier_death
+
+    code, line = code_and_line(_ClassifierDeath())
+    assert code == preflight.EXIT_INTERNAL and "classifier checkpoint did not load" in line
     code, line = code_and_line(ValueError("something\nunexpected"))
     assert code == preflight.EXIT_INTERNAL and "--debug" in line and "\n" not in line
 

@@ -1,11 +1,13 @@
-"""Callable classes that Ray Data runs as actor pools: each builds its model once in __init__
+"""Callable classes that Ray Data runs as actor pools: each builds its models once in __init__
 and maps a pyarrow batch to a pyarrow batch. They import no Ray, so tests call them directly.
 
 One family emits the teacher's scores of every view (`VIEW_SCHEMA`), and beside them each
 image's views pooled both ways (`max_scores`, `mean_scores`): a round's raw stage is a
 score-cache entry, and the driver's label step reads one C-wide pooled row an image instead
-of decoding every view's scores. Phase 2 chains two pools:
-`CamBoxer` decodes each image once and hands its pixels and view boxes to `GuidedViewScorer`.
+of decoding every view's scores. Phase 2 is one pool, `GuidedViewScorer`, holding the
+classifier and the teacher: each image is decoded once and its CAM boxes go straight to the
+teacher, so no decoded pixels cross the object store and a round starts one torch actor, not
+two (a CAM pool streaming into a teacher pool did both).
 
 Rows that arrive with an error pass through untouched; rows whose bytes do not decode leave
 with `error` and `error_stage` set and no scores, so a bad image never fails a batch."""
@@ -41,10 +43,6 @@ VIEW_SCHEMA = pa.schema([("image_id", pa.string()), ("height", pa.int32()),
                          ("mean_scores", pa.list_(pa.float32())),
                          ("teacher_passes", pa.int64()), ("error", pa.string()),
                          ("error_stage", pa.string())])
-BOXES_SCHEMA = pa.schema([("image_id", pa.string()), ("pixels", pa.binary()),
-                          ("height", pa.int32()), ("width", pa.int32()),
-                          ("boxes", pa.list_(pa.int32())), ("error", pa.string()),
-                          ("error_stage", pa.string())])
 
 
 def views_table(image_ids: pa.Array | pa.ChunkedArray, views: np.ndarray, heights: np.ndarray,
@@ -76,19 +74,10 @@ class _DecodingStage:
 
     def decode(self, batch: pa.Table) -> tuple[list[int], list[torch.Tensor], list, list]:
         """(indices of good rows, their 3 x H x W uint8 images, per-row error, per-row error
-        stage). Rows of a CamBoxer batch carry decoded pixels, which are taken as they are."""
+        stage; a row that arrives with an error is a read error)."""
         errors = batch.column("error").to_pylist()
-        stages = batch.column("error_stage").to_pylist() if "error_stage" in batch.column_names \
-            else ["read" if e else None for e in errors]
+        stages = ["read" if e else None for e in errors]
         good, images = [], []
-        if "pixels" in batch.column_names:
-            sizes = zip(batch.column("height").to_pylist(), batch.column("width").to_pylist())
-            for i, (data, (h, w)) in enumerate(zip(batch.column("pixels").to_pylist(), sizes)):
-                if not errors[i]:
-                    good.append(i)
-                    images.append(torch.frombuffer(bytearray(data), dtype=torch.uint8)
-                                  .reshape(3, h, w))
-            return good, images, errors, stages
         for i, data in enumerate(batch.column("image").to_pylist()):
             if errors[i]:
                 continue
@@ -109,8 +98,8 @@ class _TeacherStage(_DecodingStage):
 
     def __init__(self, cfg_dict: dict):
         super().__init__(cfg_dict)
-        self.teacher = Teacher.from_config(self.cfg.teacher, self.cfg.classes,
-                                           pick_device(self.cfg))
+        self.device = pick_device(self.cfg)
+        self.teacher = Teacher.from_config(self.cfg.teacher, self.cfg.classes, self.device)
 
     def view_table(self, batch: pa.Table, good: list[int], images: list[torch.Tensor],
                    boxes: list[np.ndarray], errors: list, stages: list) -> pa.Table:
@@ -141,53 +130,47 @@ class InitialViewScorer(_TeacherStage):
                                errors, stages)
 
 
-class CamBoxer(_DecodingStage):
-    """Phase 2, classifier half: the views around the CAM boxes of the selected classes, with
-    the decoded pixels, so the teacher's pool does not decode the image again."""
+class ClassifierLoadError(RuntimeError):
+    """The round's classifier checkpoint did not load in a phase-2 actor: the run's own file,
+    so an internal error, not the teacher failing to load (ccd_ray.cli tells them apart by
+    this name)."""
+
+
+class GuidedViewScorer(_TeacherStage):
+    """Phase 2: the classifier's CAM boxes of each image's selected classes, and the
+    teacher's scores of the views around them, on one decode of the image.
+
+    classifier: returns the classifier.pt bytes, called once in the actor (stages pass
+    stages.datasets.by_reference, so the bytes travel through the object store, not inside
+    the map function). The teacher loads first, so a failure there is reported as the
+    teacher's."""
 
     def __init__(self, cfg_dict: dict, classifier: Callable[[], bytes], threshold: float,
                  round_index: int):
         super().__init__(cfg_dict)
-        self.device = pick_device(self.cfg)
-        self.model, _, _ = load_classifier(io.BytesIO(classifier()), self.device)
+        try:
+            self.classifier, _, _ = load_classifier(io.BytesIO(classifier()), self.device)
+        except Exception as exc:
+            raise ClassifierLoadError(f"round {round_index}'s classifier checkpoint did not "
+                                      f"load: {type(exc).__name__}: {exc}") from exc
         self.threshold = threshold
         self.round_index = round_index
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         good, images, errors, stages = self.decode(batch)
-        n = batch.num_rows
-        pixels, heights, widths, boxes = [None] * n, [None] * n, [None] * n, [None] * n
+        boxes: list[np.ndarray] = []
         if good:
             ids = [batch.column("image_id")[i].as_py() for i in good]
-            probs, cams = classifier_outputs(self.model, images, self.cfg.train.image_size)
-            per_image = relabel_boxes(probs, cams, images, ids, self.threshold, self.round_index,
-                                      self.cfg)
-            for i, image, b in zip(good, images, per_image):
-                pixels[i] = image.numpy().tobytes()
-                heights[i], widths[i] = int(image.shape[1]), int(image.shape[2])
-                boxes[i] = b.astype(np.int32).ravel().tolist()
-        return pa.Table.from_pydict({"image_id": batch.column("image_id"), "pixels": pixels,
-                                     "height": heights, "width": widths, "boxes": boxes,
-                                     "error": errors, "error_stage": stages},
-                                    schema=BOXES_SCHEMA)
-
-
-class GuidedViewScorer(_TeacherStage):
-    """Phase 2, teacher half: the views CamBoxer chose, on the pixels it decoded."""
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        good, images, errors, stages = self.decode(batch)
-        box_lists = batch.column("boxes").to_pylist()
-        boxes = [np.asarray(box_lists[i], dtype=np.int64).reshape(-1, 4) for i in good]
+            probs, cams = classifier_outputs(self.classifier, images, self.cfg.train.image_size)
+            boxes = relabel_boxes(probs, cams, images, ids, self.threshold, self.round_index,
+                                  self.cfg)
         return self.view_table(batch, good, images, boxes, errors, stages)
 
 
 class InputsPredictor:
     """Classifier probabilities of stored training inputs (encoded, already resized).
 
-    classifier: returns the classifier.pt bytes, called once in the actor (as in CamBoxer:
-    the stages pass stages.datasets.by_reference, so the bytes travel through the object store,
-    not inside the map function)."""
+    classifier: as GuidedViewScorer's."""
 
     def __init__(self, cfg_dict: dict, classifier: Callable[[], bytes]):
         cfg = config_from_dict(cfg_dict)

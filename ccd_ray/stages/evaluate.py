@@ -76,7 +76,7 @@ def classifier_scores(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes
     rows = inputs.map_batches(
         InputsPredictor, fn_constructor_kwargs={"cfg_dict": cfg.to_dict(),
                                                 "classifier": by_reference(classifier_bytes)},
-        **actor_pool_args(cfg, cfg.compute.cam_actors))
+        **actor_pool_args(cfg, cfg.compute.classifier_actors))
     blocks = [b for b in ray.get(rows.to_arrow_refs()) if b.num_rows]
     if not blocks:
         return ClassifierScores(np.zeros(0, str), np.zeros((0, len(cfg.classes.names)),

@@ -1,6 +1,7 @@
-"""Ray Data stages of labeling: stream shards through the teacher (and classifier) actor pools
-into each round's raw scores, and commit the labels the round loop derives from them. Every
-stage is committed atomically and skipped when already committed, so a rerun resumes.
+"""Ray Data stages of labeling: stream shards through the teacher's actor pool (in a relabel
+round each actor also holds the classifier, for the CAM boxes) into each round's raw scores,
+and commit the labels the round loop derives from them. Every stage is committed atomically
+and skipped when already committed, so a rerun resumes.
 
 Run layout under `<output_uri>/<run_id>/` (each stage folder holds `_COMMITTED.json` and the
 committed `attempt-*/`):
@@ -78,7 +79,8 @@ def score_initial(cfg: CCDConfig, store: RunStore) -> str:
 
 def score_relabel(cfg: CCDConfig, store: RunStore, round_index: int, classifier_bytes: bytes,
                   threshold: float) -> str:
-    """Phase 2: CAM boxes (classifier pool) streamed into guided views (teacher pool)."""
+    """Phase 2: the teacher's scores of the views around the classifier's CAM boxes (one
+    actor pool holding both models)."""
     return _commit_raw(cfg, store, round_index, lambda cache: score_cache.guided_view_scores(
         cfg, classifier_bytes, threshold, round_index, cache))
 

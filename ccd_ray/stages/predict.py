@@ -166,7 +166,7 @@ def _predict_shards(cfg: CCDConfig, store: RunStore, fs: pafs.FileSystem, layout
     predicted = per_shard.carry_shard(
         per_shard.shard_rows(fs, layout, pending), ClassifierPredictor,
         {"cfg_dict": cfg.to_dict(), "classifier": by_reference(classifier)},
-        actor_pool_args(cfg, cfg.compute.cam_actors))
+        actor_pool_args(cfg, cfg.compute.classifier_actors))
     per_shard.run_shards(store, "", predicted, pending, functools.partial(
         per_shard.write_labels, class_names=cfg.classes.names, thresholds=thresholds.tolist()))
 

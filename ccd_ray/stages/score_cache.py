@@ -42,7 +42,7 @@ from ccd_ray.io.storage import RunStore, exists, read_json, write_json
 from ccd_ray.method.rows import error_rows, id_array, list_matrix
 from ccd_ray.method.shards import shards_digest
 from ccd_ray.method.teacher import LOCAL_DIR_PREFIX
-from ccd_ray.stages.actors import CamBoxer, GuidedViewScorer, InitialViewScorer
+from ccd_ray.stages.actors import GuidedViewScorer, InitialViewScorer
 from ccd_ray.stages.datasets import actor_pool_args, by_reference
 from ccd_ray.stages.shards import (
     carry_shard,
@@ -227,17 +227,12 @@ def guided_view_scores(cfg: CCDConfig, classifier_bytes: bytes, threshold: float
                        round_index: int, store: RunStore | None = None) -> Scored:
     """Box-guided views of round round_index around the classifier's CAM boxes, once per key."""
     store = store or cache_store(cfg)
-
-    def scorer(rows):
-        boxed = carry_shard(rows, CamBoxer, {
+    return _score_into_cache(
+        cfg, store, guided_key(cfg, classifier_bytes, threshold, round_index),
+        lambda rows: carry_shard(rows, GuidedViewScorer, {
             "cfg_dict": cfg.to_dict(), "classifier": by_reference(classifier_bytes),
             "threshold": threshold, "round_index": round_index},
-            actor_pool_args(cfg, cfg.compute.cam_actors))
-        return carry_shard(boxed, GuidedViewScorer, {"cfg_dict": cfg.to_dict()},
-                           actor_pool_args(cfg, cfg.compute.clip_actors))
-
-    return _score_into_cache(cfg, store, guided_key(cfg, classifier_bytes, threshold,
-                                                    round_index), scorer)
+            actor_pool_args(cfg, cfg.compute.clip_actors)))
 
 
 def read_pooled(fs, files: list[str] | str, num_classes: int, how: str
