@@ -116,6 +116,26 @@ def test_teacher_score_on_cpu_is_plain_fp32(tiny_teacher, autocast_calls):
     torch.testing.assert_close(scores, manual, rtol=1e-6, atol=1e-7)
 
 
+def test_views_are_cropped_on_the_teachers_device(tiny_teacher):
+    """score_views hands crop_views the uint8 image on the teacher's device, so the teacher
+    receives views already there (shown with the meta device, which records shapes only)."""
+    import numpy as np
+
+    meta = copy.copy(tiny_teacher)
+    meta.device = torch.device("meta")
+    received = []
+
+    def score_batched(views, batch_size):
+        received.append(views.device)
+        return torch.zeros(len(views), tiny_teacher.text_embeddings.shape[0])
+
+    meta.score_batched = score_batched
+    images = [torch.zeros(3, 40, 50, dtype=torch.uint8), torch.zeros(3, 30, 20, dtype=torch.uint8)]
+    boxes = [np.array([[0, 0, 50, 40], [5, 5, 30, 20]]), np.array([[0, 0, 20, 30]])]
+    scores = scoring.score_views(meta, images, boxes, batch_size=4)
+    assert received == [torch.device("meta")] and [len(s) for s in scores] == [2, 1]
+
+
 def test_train_step_on_cpu_is_plain_fp32(autocast_calls):
     torch.manual_seed(0)
     model = CAMClassifier("resnet18", 4).train()

@@ -83,18 +83,21 @@ def letterbox(crop: torch.Tensor, size: int) -> torch.Tensor:
 
 def crop_views(image: torch.Tensor, boxes: np.ndarray, size: int, mean: tuple[float, ...],
                std: tuple[float, ...]) -> torch.Tensor:
-    """image: 3 x H x W uint8; boxes: K x 4 -> K x 3 x size x size, normalised, letterboxed."""
+    """image: 3 x H x W uint8; boxes: K x 4 -> K x 3 x size x size, normalised, letterboxed,
+    on the image's device."""
     if image.dtype != torch.uint8 or image.ndim != 3 or image.shape[0] != 3:
         raise ValueError(f"image must be a 3 x H x W uint8 tensor, got {image.dtype} "
                          f"{tuple(image.shape)}")
     _, height, width = image.shape
     boxes = clip_boxes(boxes, height, width)
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+    # on the image's device: score_views hands the teacher's device the uint8 image, so on a
+    # GPU the crops run there and only the image's bytes cross the bus, not its float views
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=image.device).view(3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=image.device).view(3, 1, 1)
     normalised = (image.float() / 255.0 - mean_t) / std_t
     views = [letterbox(normalised[:, y0:y1, x0:x1], size) for x0, y0, x1, y1 in boxes.tolist()]
     if not views:
-        return torch.zeros(0, 3, size, size)
+        return torch.zeros(0, 3, size, size, device=image.device)
     return torch.stack(views)
 
 
