@@ -6,10 +6,13 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 
 import ray
 
 LOOPBACK = "127.0.0.1"
+# Ray Data's logging config for a local instance's workers: Ray's default, console at WARNING
+WORKER_DATA_LOGGING = Path(__file__).parents[1] / "configs" / "ray_data_worker_logging.yaml"
 
 
 def init_ray(address: str | None = None, progress: bool = False) -> None:
@@ -31,7 +34,12 @@ def init_ray(address: str | None = None, progress: bool = False) -> None:
     happen to this machine, and costs every fit one more actor process to start; and its
     controller polls the workers every 0.5 s instead of 2 s, so a fit returns up to 1.5 s
     sooner after its last epoch (a poll of a local worker costs nothing; a missed one is
-    tolerated for RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S, 10 minutes)."""
+    tolerated for RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S, 10 minutes).
+
+    Its workers log Ray Data's INFO lines to ray-data.log only, as the driver does
+    (quiet_ray_console): Ray Train's ingest runs a Ray Data execution inside an actor, whose
+    start, plan and end would otherwise reach the console three lines an epoch
+    (WORKER_DATA_LOGGING)."""
     if ray.is_initialized():
         return
     quiet_ray_console(progress)
@@ -45,6 +53,7 @@ def init_ray(address: str | None = None, progress: bool = False) -> None:
                  runtime_env={"env_vars": {
                      "RAY_API_SERVER_ADDRESS": f"http://{LOOPBACK}:{port}",
                      "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                     "RAY_DATA_LOGGING_CONFIG": str(WORKER_DATA_LOGGING),
                      "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}})
 
 
