@@ -1,13 +1,18 @@
-"""Cropping views one at a time (today's `method.views.crop_views`: a letterboxed, antialiased
-`F.interpolate` per view) against all views of an image in one `torchvision.ops.roi_align`
-call (a candidate: each view's box widened to the letterbox's square so the one output size
-fits every view, the padding masked back to zeros, `sampling_ratio=-1` averaging several
-bilinear samples per output pixel where a view shrinks, as antialiasing does).
+"""Cropping views one at a time (`method.views.crop_views`: a letterboxed, antialiased
+`F.interpolate` per view) on the CPU and then moving the views to --device (the product before
+commit 2ba1e57), the same on --device after moving the uint8 image there (the product since:
+`method.scoring.score_views` crops on the teacher's device), and all views of an image in one
+`torchvision.ops.roi_align` call on --device (a candidate: each view's box widened to the
+letterbox's square so the one output size fits every view, the padding masked back to zeros,
+`sampling_ratio=-1` averaging several bilinear samples per output pixel where a view shrinks,
+as antialiasing does).
 
 For each setting, --images synthetic images (uniform noise smoothed by a 5 x 5 box filter)
 with the phase-1 views of `method.views.initial_boxes` (the global view and random crops),
-both ways in this process on one torch thread after a warm-up call: milliseconds a view, and
-the largest and mean absolute difference of the normalised views (CLIP's mean and std).
+each way in this process on one torch thread after a warm-up call, the images starting on
+the CPU as decoded images do: milliseconds a view (CUDA work synchronised before the clock
+stops), and the largest and mean absolute difference of roi_align's normalised views (CLIP's
+mean and std) from the per-view crops.
 
     python benchmarks/crop_views.py [--images 16] [--device cpu]
 """
@@ -64,32 +69,39 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)
-    print("| image | views | side | one view at a time, ms a view | roi_align, one call an "
-          "image, ms a view | ratio | max abs diff | mean abs diff |\n"
-          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    device = torch.device(args.device)
+
+    def synchronise() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    print("| image | views | side | per view on the CPU, then moved, ms a view | per view on "
+          f"{device.type}, ms a view | roi_align on {device.type}, one call an image, ms a view "
+          "| roi_align / per view on the CPU | max abs diff | mean abs diff |\n"
+          "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for height, width, views, side in SETTINGS:
         noise = torch.from_numpy(rng.integers(0, 256, (args.images, 3, height, width)))
-        images = list(torch.nn.functional.avg_pool2d(noise.float(), 5, 1, 2).to(torch.uint8)
-                      .to(args.device))
+        images = list(torch.nn.functional.avg_pool2d(noise.float(), 5, 1, 2).to(torch.uint8))
         boxes = [initial_boxes(height, width, views - 1, (0.3, 0.7), 0, f"i{i}")
                  for i in range(args.images)]
-
-        def today(images=images, boxes=boxes, side=side):
-            return [crop_views(img.cpu(), b, side, MEAN, STD) for img, b in zip(images, boxes)]
-
-        def candidate(images=images, boxes=boxes, side=side):
-            return [crop_views_roi(img, b, side).cpu() for img, b in zip(images, boxes)]
-
+        ways = {
+            "cpu": lambda img, b, side=side: crop_views(img, b, side, MEAN, STD).to(device),
+            "device": lambda img, b, side=side: crop_views(img.to(device), b, side, MEAN, STD),
+            "roi": lambda img, b, side=side: crop_views_roi(img.to(device), b, side),
+        }
         timed = {}
-        for name, fn in (("today", today), ("roi", candidate)):
-            fn()  # warm-up
+        for name, crop in ways.items():
+            [crop(img, b) for img, b in zip(images, boxes)]  # warm-up
+            synchronise()
             started = time.perf_counter()
-            timed[name] = (fn(), (time.perf_counter() - started) / (args.images * views) * 1e3)
-        diff = torch.cat([a - b for a, b in zip(timed["today"][0], timed["roi"][0])]).abs()
-        print(f"| {height}x{width} | {views} | {side} | {timed['today'][1]:.2f} | "
-              f"{timed['roi'][1]:.2f} | {timed['roi'][1] / timed['today'][1]:.2f}x | "
+            out = [crop(img, b) for img, b in zip(images, boxes)]
+            synchronise()
+            timed[name] = (out, (time.perf_counter() - started) / (args.images * views) * 1e3)
+        diff = torch.cat([(a - b).cpu() for a, b in zip(timed["cpu"][0], timed["roi"][0])]).abs()
+        print(f"| {height}x{width} | {views} | {side} | {timed['cpu'][1]:.2f} | "
+              f"{timed['device'][1]:.2f} | {timed['roi'][1]:.2f} | "
+              f"{timed['roi'][1] / timed['cpu'][1]:.2f}x | "
               f"{float(diff.max()):.3f} | {float(diff.mean()):.4f} |")
-
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_ray_check.sh [options of benchmarks/gpu_ray_check.py]
 # Carry .whl (made here by `bash ../shared/tools/gpu-bundle.sh`): without Ray the Python script
 # installs it offline into .whl/site. Writes into $OUT (else outputs/gpu-ray-check/):
-# gpu_ray_check.json (the numbers), gpu_ray_check.log (all output) and, when it fails,
+# gpu_ray_check.json (the numbers), crop_views.md (benchmarks/crop_views.py on the GPU),
+# gpu_ray_check.log (all output) and, when it fails,
 # ray_logs_tail.txt (the ends of Ray's error logs).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,10 @@ export PYTHONUNBUFFERED=1
 log="$out/gpu_ray_check.log"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv >"$log" 2>&1
 cat "$log"
+# the view crops on the GPU first (torch only, seconds): per view on the CPU, per view on the
+# GPU (the product), one roi_align call; its table goes to the log and crop_views.md
+PYTHONPATH=. "${PYTHON:-python3}" benchmarks/crop_views.py --device cuda 2>&1 \
+  | tee "$out/crop_views.md" | tee -a "$log"
 "${PYTHON:-python3}" benchmarks/gpu_ray_check.py --out "$out/gpu_ray_check.json" "$@" 2>&1 \
   | tee -a "$log"
 rc=${PIPESTATUS[0]}
