@@ -147,3 +147,23 @@ def test_a_segment_under_ray_train_equals_the_in_process_loop(ray_session, tmp_p
     assert under_ray.keys() == in_process.keys()
     for key in under_ray:
         torch.testing.assert_close(under_ray[key], in_process[key], rtol=0, atol=0, msg=key)
+
+
+def test_train_report_lines_are_kept_off_the_console():
+    """Ray Train's per-report INFO logger is named by its module's file path: when it stops
+    being so, this fails and stages.train.quiet_train_reports can go."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    from ccd_ray.stages.train import TRAIN_REPORT_LOGGER, quiet_train_reports
+
+    assert context.logger.name == context.__file__
+    assert context.logger.name.replace("\\", "/").endswith(TRAIN_REPORT_LOGGER)
+    level = context.logger.level
+    try:
+        context.logger.setLevel(logging.INFO)  # as a worker whose logging lets INFO through
+        quiet_train_reports()
+        assert context.logger.level == logging.WARNING
+    finally:
+        context.logger.setLevel(level)

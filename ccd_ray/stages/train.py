@@ -11,6 +11,7 @@ from the segment's last checkpoint (FailureConfig)."""
 from __future__ import annotations
 
 import io
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,18 @@ from ccd_ray.stages.train_inputs import input_files
 
 STATE_FILE = "state.pt"
 ROWS_PER_READ = 256  # rows per chunk a worker reads of its shard (the order does not depend on it)
+# Ray 2.60's Train V2 logs every ray.train.report at INFO through a logger named by its file's
+# path (logging.getLogger(__file__) in this module of Ray's), which RunConfig's LoggingConfig
+# does not reach: one line an epoch, with the checkpoint's path, on the job's console
+TRAIN_REPORT_LOGGER = "ray/train/v2/_internal/execution/context.py"
+
+
+def quiet_train_reports() -> None:
+    """Raise that logger to WARNING in this worker process. Found by the end of its name, so
+    a Ray that names it otherwise is left as it is (tests/test_train_ray.py notices)."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.replace("\\", "/").endswith(TRAIN_REPORT_LOGGER):
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def training_dataset(cfg: CCDConfig, inputs_path: str, store: RunStore, targets: Targets
@@ -65,6 +78,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     latest checkpoint, then the shared epoch loop over this worker's shard, checkpointing
     after every epoch. config["before_epoch"]: an optional callable(epoch, rank), the tests'
     hook for a worker lost mid-segment."""
+    quiet_train_reports()
     cfg = config_from_dict(config["cfg"])
     tc = cfg.train
     first_epoch, end_epoch = config["epochs"]
