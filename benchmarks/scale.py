@@ -96,6 +96,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "which would otherwise land in the timed steps (0: do not)")
     p.add_argument("--micro-table-rows", type=int, default=100_000,
                    help="rows labels_table is timed on (it is scaled to --micro-rows)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every size's job, after JOB_OVERRIDES "
+                        "(repeatable; as jobs/run_ccd.py --set)")
     p.add_argument("--json", dest="json_path", default=None, help="also write the numbers here")
     args = p.parse_args(argv)
     try:
@@ -285,8 +288,8 @@ def job_config(teacher: str) -> dict[str, Any]:
     return _deep_update(base, JOB_OVERRIDES)
 
 
-def run_size(n: int, workdir: Path, base_config: dict, interval: float, timeout: float
-             ) -> dict[str, Any]:
+def run_size(n: int, workdir: Path, base_config: dict, interval: float, timeout: float,
+             sets: list[str] = ()) -> dict[str, Any]:
     import pyarrow.fs as pafs
     import yaml
 
@@ -309,7 +312,7 @@ def run_size(n: int, workdir: Path, base_config: dict, interval: float, timeout:
     config_path.write_text(yaml.safe_dump(config, sort_keys=False))
     log_path = workdir / f"run-{n}.log"
     command = [sys.executable, str(REPO / "jobs" / "run_ccd.py"), "--config", str(config_path),
-               "--run-id", run_id]
+               "--run-id", run_id, *(arg for item in sets for arg in ("--set", item))]
     started = time.perf_counter()
     with log_path.open("w") as log:
         child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE,
@@ -597,6 +600,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="ccd-scale-bench-")).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"sizes": args.sizes, "job_overrides": JOB_OVERRIDES,
+                              "job_sets": args.sets,
                               "host_cpus": os.cpu_count(), "loadavg_before": load_before,
                               "runs": [], "fit": None, "micro": None}
     try:
@@ -605,7 +609,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                  embedded.TEACHER_SPEC))
             for n in sorted(args.sizes):
                 print(f"[scale] running {n} images ...", flush=True)
-                run = run_size(n, workdir, base, args.interval, args.timeout)
+                run = run_size(n, workdir, base, args.interval, args.timeout, args.sets)
                 print(f"[scale] {n} images: {run['seconds']:.1f} s, driver peak RSS "
                       f"{run['driver_peak_rss_mb']:,.0f} MB", flush=True)
                 result["runs"].append(run)
