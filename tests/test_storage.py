@@ -114,3 +114,49 @@ def test_run_store_recommit_replaces_the_previous_attempt(tmp_path):
     assert store.committed("s") == old  # a new attempt does not touch the committed one
     store.commit("s", new, {"n": 1})
     assert store.committed("s") == new and _attempts(store, "s") == [posixpath.basename(new)]
+
+
+def test_an_unreadable_marker_counts_as_not_committed(tmp_path, caplog):
+    store = RunStore.open(str(tmp_path), "run", DataConfig())
+    for content in (b"", b'{"attempt": "attempt-1', b"[]", b"\xff\xfe"):
+        write_bytes(store.fs, store.path("stage", MARKER), content)
+        with caplog.at_level("WARNING", logger="ccd_ray.io.storage"):
+            assert store.committed("stage") is None
+        assert "commit marker is unreadable" in caplog.text
+        caplog.clear()
+    attempt = store.begin("stage")
+    store.commit("stage", attempt)  # the redone stage commits over it
+    assert store.committed("stage") == attempt
+
+
+def test_a_kill_at_any_point_of_a_commit_leaves_a_readable_store(tmp_path):
+    """A child process commits a stage in a loop and is killed with SIGKILL after a random
+    delay, 200 times: every marker left is whole (the old attempt's or the new one's), so
+    the store always reads as committed or not, and the stage recommits."""
+    import os
+    import random
+    import signal
+    import time
+
+    root = tmp_path / "out"
+    store = RunStore.open(str(root), "run", DataConfig())
+    first = store.begin("stage")
+    store.commit("stage", first, {"n": 0})
+    rng = random.Random(0)
+    for trial in range(200):
+        pid = os.fork()
+        if pid == 0:  # the child: commit as fast as it can until killed
+            try:
+                child = RunStore(pafs.LocalFileSystem(), store.root)
+                for n in range(10_000):
+                    child.commit("stage", child.begin("stage"), {"n": n, "pad": "x" * 4096})
+            finally:
+                os._exit(0)
+        time.sleep(rng.uniform(0, 0.004))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        attempt = store.committed("stage")  # raises on a torn marker before the fix
+        assert attempt is not None, f"trial {trial}: the marker was lost"
+        assert store.marker("stage")["attempt"] == posixpath.basename(attempt)
+    store.commit("stage", store.begin("stage"), {"n": -1})
+    assert store.marker("stage")["n"] == -1

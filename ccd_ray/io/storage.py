@@ -7,7 +7,10 @@ and rerunning it starts a new attempt (S3 has no atomic rename; a single PUT is 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import posixpath
 import uuid
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ import pyarrow.fs as pafs
 from ccd_ray.config import DataConfig
 
 MARKER = "_COMMITTED.json"
+log = logging.getLogger(__name__)
 
 
 def filesystem_for(uri: str, data_cfg: DataConfig) -> tuple[pafs.FileSystem, str]:
@@ -67,11 +71,28 @@ def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
 
 
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Write path whole or not at all. On a local disk the bytes go to a temporary name beside
+    it, are flushed to the disk and renamed into place (a rename within a folder is atomic), so
+    a kill or a full disk mid-write leaves the old file or none, never a truncated one. An S3
+    PUT is already whole."""
     parent = posixpath.dirname(path)
     if parent:
         fs.create_dir(parent, recursive=True)
-    with fs.open_output_stream(path) as stream:
-        stream.write(data)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+        return
+    partial = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex[:8]}.partial")
+    try:
+        with open(partial, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise
 
 
 def read_json(fs: pafs.FileSystem, path: str) -> Any:
@@ -119,10 +140,26 @@ class RunStore:
 
     def committed(self, stage: str) -> str | None:
         """The committed attempt folder of stage, or None if the stage never finished."""
-        marker = self.path(stage, MARKER)
-        if not exists(self.fs, marker):
-            return None
-        return self.path(stage, read_json(self.fs, marker)["attempt"])
+        marker = self.marker(stage)
+        return None if marker is None else self.path(stage, marker["attempt"])
 
-    def marker(self, stage: str) -> dict[str, Any]:
-        return read_json(self.fs, self.path(stage, MARKER))
+    def marker(self, stage: str) -> dict[str, Any] | None:
+        """The stage's commit marker, or None where it has none. A marker that cannot be read
+        as one (empty or cut short by a store that lost a write; markers this code writes
+        are whole, see write_bytes) counts as not committed, with a warning: the stage is
+        redone, never trusted and never a crash."""
+        path = self.path(stage, MARKER)
+        if not exists(self.fs, path):
+            return None
+        try:
+            marker = read_json(self.fs, path)
+        except (ValueError, UnicodeDecodeError) as exc:
+            marker, problem = None, f"{type(exc).__name__}: {exc}"
+        else:
+            problem = "" if (isinstance(marker, dict)
+                             and isinstance(marker.get("attempt"), str)) else "no attempt named"
+        if problem:
+            log.warning("%s: the commit marker is unreadable (%s); the stage counts as not "
+                        "committed and is redone", path, problem)
+            return None
+        return marker
