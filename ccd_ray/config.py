@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,6 +309,10 @@ def _check_ranges(obj: Any, prefix: str = "") -> None:
                 raise ConfigError(f"{key}: {v!r} is out of range; expected {_allowed(f)}")
 
 
+RUN_ID_MAX = 128
+RUN_ID = re.compile(rf"[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{RUN_ID_MAX - 1}}}")
+
+
 def validate(cfg: CCDConfig) -> CCDConfig:
     """Check ranges, choices and the constraints between keys; return cfg unchanged."""
     _check_ranges(cfg)
@@ -321,6 +327,12 @@ def validate(cfg: CCDConfig) -> CCDConfig:
                           "and surrounding spaces); keep one spelling of each")
     if any(not n.strip() for n in names):
         raise ConfigError("classes.names: class names must be non-empty")
+    # a name is a column, a prompt and a caption: a newline, NUL or bidirectional override in
+    # it would split lines, cut strings or show another name than the one stored
+    hidden = [n for n in names if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in n)]
+    if hidden:
+        raise ConfigError(f"classes.names: {hidden[0]!r} holds a control or format character "
+                          "(newline, tab, NUL, bidirectional mark); use printable text")
     if not cfg.classes.prompt_templates:
         raise ConfigError("classes.prompt_templates: at least one template is required")
     for template in cfg.classes.prompt_templates:
@@ -348,9 +360,15 @@ def validate(cfg: CCDConfig) -> CCDConfig:
         raise ConfigError(f"compute.gpus_per_actor={cfg.compute.gpus_per_actor} contradicts "
                           "compute.device='cpu': the actors would hold GPUs they never use; set "
                           "compute.device to auto (or cuda), or compute.gpus_per_actor=0")
-    if not cfg.run_id or any(c in cfg.run_id for c in "/\\ ") or cfg.run_id.startswith("."):
-        raise ConfigError(f"run_id: {cfg.run_id!r} must be a non-empty name without '/', '\\', "
-                          "spaces or a leading '.'")
+    if not RUN_ID.fullmatch(cfg.run_id):
+        raise ConfigError(f"run_id: {cfg.run_id[:80]!r} must be 1-{RUN_ID_MAX} letters, digits, "
+                          "'.', '_' or '-', not starting with '.' (it names a folder and S3 "
+                          "prefixes)")
+    for key, uri in (("data.corpus_uri", cfg.data.corpus_uri),
+                     ("data.output_uri", cfg.data.output_uri)):
+        if uri.startswith("~"):
+            raise ConfigError(f"{key}: {uri!r} starts with '~', which is not expanded here "
+                              "(it would name a folder called '~'); give the full path")
     return cfg
 
 

@@ -184,10 +184,27 @@ def test_cross_key_constraints():
     assert cfg.train.warmup_epochs == 0
 
 
-@pytest.mark.parametrize("run_id", ["a/b", "a b", ".hidden", "''"])
+@pytest.mark.parametrize("run_id", ["a/b", "a b", ".hidden", "''", "x" * 129, "a$b", "r\u00e9",
+                                    "a:b"])
 def test_bad_run_id(run_id):
     with pytest.raises(ConfigError, match="run_id"):
         load_config(overrides=NAMES + [f"run_id={run_id}"])
+
+
+def test_a_long_plain_run_id_is_accepted():
+    assert load_config(overrides=NAMES + ["run_id=" + "a.b_c-1" * 18]).run_id.startswith("a.b")
+
+
+@pytest.mark.parametrize("name", ["a\nb", "a\x00b", "evil\u202egnp.exe", "tab\there"])
+def test_class_names_with_control_characters_are_refused(name):
+    with pytest.raises(ConfigError, match="control or format character"):
+        load_config(base={"classes": {"names": ["cat", name]}})
+
+
+@pytest.mark.parametrize("key", ["data.output_uri", "data.corpus_uri"])
+def test_a_tilde_path_is_refused_not_written_to_a_folder_named_tilde(key):
+    with pytest.raises(ConfigError, match=f"{key}: '~/runs' starts with '~'"):
+        load_config(overrides=NAMES + [f"{key}=~/runs"])
 
 
 def test_override_syntax_and_file_errors(tmp_path):
