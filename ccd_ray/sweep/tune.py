@@ -1,5 +1,5 @@
-"""Ray Tune sweeps of alpha, gamma and beta: the thin Ray layer over sweep_data (shared
-stages), sweep_trial (one trial) and sweep_report (the summary).
+"""Ray Tune sweeps of alpha, gamma and beta: the thin Ray layer over sweep.prepare (shared
+stages), sweep.trial (one trial) and sweep.summary (the summary).
 
 Layout under `<data.output_uri>/<sweep_id>/` (stages committed like a run's):
   sweep.yaml         the base config and the sweep spec (a rerun must match them)
