@@ -129,3 +129,26 @@ def test_report_without_truth_names_the_final_labels(make_config):
                                   {"ground_truth_images": 0, "rounds": []})
     assert "`final/labels/`" in text and "`labels.final_source=pseudo`" in text
     assert "nothing to score" in text and not _table(text)
+
+
+def test_names_with_dollars_are_drawn_as_written(make_config, tmp_path):
+    """A class name or image id holding '$' is text, not mathtext: the whole report is
+    written (matplotlib raised ParseSyntaxException on '$\\frac$' after every stage had run)."""
+    names = ["cat", "$\\frac$", "a$b"]
+    cfg = make_config(f"classes.names={names}", "labels.threshold_rule=fixed")
+    _, checkpoint = make_classifier(names, seed=0)
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    ids = ["m00$\\frac$.png", "dollar$$sign", "plain"]
+    pq.write_table(pa.table({"image_id": ids,
+                             "image": encode_inputs(np.zeros((3, 3, 64, 64), np.uint8), "png", 95),
+                             "holdout": [True, False, True]}), inputs / "part-000.parquet")
+    ap = {"per_class_AP": {n: 50.0 for n in names}}
+    metrics = {**_metrics(), "thresholds": {"classifier": {n: 0.0 for n in names}}}
+    for key in ("teacher_before_debias", "final_labels", "classifier_holdout"):
+        metrics[key] = {**metrics[key], **ap}
+    folder = tmp_path / "final"
+    report.write_report(cfg, _Store(), str(folder), metrics, checkpoint, str(inputs),
+                        {ids[0]: ["$\\frac$"], ids[1]: ["a$b"]})
+    assert {p.name for p in folder.iterdir()} == {"map_per_round.png", "per_class_ap.png",
+                                                  "samples.png", "report.md"}

@@ -214,8 +214,19 @@ def report_markdown(cfg: CCDConfig, metrics: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# every text a plot draws (class names, image ids) is data: '$' must not start mathtext,
+# which raises on names such as 'm00$\frac$' after all the run's work is done
+LITERAL_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
 def write_report(cfg: CCDConfig, store: RunStore, folder: str, metrics: dict[str, Any],
                  classifier_bytes: bytes, inputs_path: str, truth: dict[str, list[str]]) -> None:
+    with matplotlib.rc_context(LITERAL_TEXT):
+        _write_report(cfg, store, folder, metrics, classifier_bytes, inputs_path, truth)
+
+
+def _write_report(cfg: CCDConfig, store: RunStore, folder: str, metrics: dict[str, Any],
+                  classifier_bytes: bytes, inputs_path: str, truth: dict[str, list[str]]) -> None:
     if metrics.get("ground_truth_images"):
         write_bytes(store.fs, posixpath.join(folder, "map_per_round.png"),
                     plot_map_per_round(metrics))
