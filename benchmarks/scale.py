@@ -444,8 +444,8 @@ def _derivation_steps(entry: Path, labels_dir: Path, classes: int, table_rows: i
         bias, _ = label_ops.initial_bias(raw_t, 0.5, 2.5, "count")
     steps["initial_bias"] = m.figures()
     with _PeakRss() as m:
-        round0 = label_ops.round_labels(raw_t, None, bias, 1.0, 0.4)
-        round1 = label_ops.round_labels(raw_t, round0, bias, 1.0, 0.4)
+        round0 = label_ops.round_labels(raw_t, None, bias, 1.0, 0.4, "logit_shift")
+        round1 = label_ops.round_labels(raw_t, round0, bias, 1.0, 0.4, "logit_shift")
     steps["round_labels_x2"] = m.figures()
     labels = round1.numpy()
     del round0, raw_t, raw

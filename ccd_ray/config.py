@@ -75,6 +75,9 @@ class LabelsConfig:
     aggregation: str = _knob("max", choices=("max", "mean"), help="how view scores are pooled")
     alpha: float = _knob(0.4, low=0.0, high=1.0, help="weight of the previous label in the fusion")
     gamma: float = _knob(1.0, low=0.0, high=10.0, help="debias strength (0 = no debiasing)")
+    debias: str = _knob("logit_shift", choices=("logit_shift", "divide"),
+                        help="'logit_shift': sigmoid(logit(p) - gamma * log b), keeps each "
+                        "class's ranking; 'divide': the paper's p / b^gamma clamped to [0, 1]")
     bias_statistic: str = _knob("count", choices=("count", "top1_mean"),
                                 help="'count': positives per class (paper); 'top1_mean': mean "
                                 "top-1 score per class over confident images (authors' code)")

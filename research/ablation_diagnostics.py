@@ -232,7 +232,7 @@ def full_ccd_round_inputs(args, out: Path):
     lc = cfg.labels
     bias, _ = label_ops.initial_bias(initial, lc.threshold, cfg.initial.entropy_threshold,
                                      lc.bias_statistic)
-    previous = label_ops.round_labels(initial, None, bias, lc.gamma, lc.alpha)
+    previous = label_ops.round_labels(initial, None, bias, lc.gamma, lc.alpha, lc.debias)
     teacher = Teacher.from_config(cfg.teacher, cfg.classes)
     return cfg, store, scenes, ids, images, truth, previous, bias, teacher
 
@@ -248,7 +248,7 @@ def oracle_labels(args, out: Path) -> dict[str, np.ndarray]:
             box_guided_boxes(np.array(box), image.shape[1], image.shape[2], rc.views_per_box,
                              rc.box_offset, rc.box_jitter, rng) for box in scene.boxes]))
     fused = label_ops.round_labels(score_boxes(teacher, images, boxes, cfg), previous, bias,
-                                   cfg.labels.gamma, cfg.labels.alpha)
+                                   cfg.labels.gamma, cfg.labels.alpha, cfg.labels.debias)
     return dict(zip(ids, fused.numpy()))
 
 
@@ -308,7 +308,8 @@ def views(args, out: Path) -> None:
                 area.append((view[2] - view[0]) * (view[3] - view[1]) / IMAGE_SIDE ** 2)
                 whole.append(sum(_inside(view, b) >= 0.7 for b in scene.boxes))
         labels = label_ops.round_labels(score_boxes(teacher, images, boxes, variant), previous,
-                                        bias, variant.labels.gamma, variant.labels.alpha)
+                                        bias, variant.labels.gamma, variant.labels.alpha,
+                                        variant.labels.debias)
         print(f"| {name} | {np.mean([len(s) for s in selected]):.2f} | {np.mean(area):.2f} | "
               f"{np.mean(whole):.2f} | {np.mean(np.array(whole) == 1):.2f} | {quality(labels)} |",
               flush=True)

@@ -12,8 +12,8 @@ embedded default's config (global view and random crops, max-pooled) through
 (`labels.initial_bias` and `labels.round_labels`: debias, no fusion). It reports, against the
 scenes' ground truth, the raw scores' and the pseudo-labels' mAP and CF1/OF1 at
 labels.threshold, labels per image, how many pseudo-label scores the debias clamped to
-exactly 1.0, and, as a research variant, the same bias applied to the
-log-odds. Prints a markdown table; writes it with the numbers to --out."""
+exactly 1.0, and the same bias under each `labels.debias` form (`divide`, `logit_shift`).
+Prints a markdown table; writes it with the numbers to --out."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ from ccd_ray.demo.pretrain_teacher import SIGMOID_SPEC, class_accuracy, pretrain
 from ccd_ray.demo.scenes import CLASS_NAMES
 from ccd_ray.io.decode import decode_image
 from ccd_ray.io.packing import synthetic_records
-from ccd_ray.method.labels import initial_bias, round_labels
+from ccd_ray.method.labels import DEBIAS_FORMS, debias, initial_bias, round_labels
 from ccd_ray.method.metrics import f1_scores, mean_average_precision
 from ccd_ray.method.scoring import initial_scores
 from ccd_ray.method.teacher import Teacher, load_clip
@@ -66,22 +66,14 @@ def world_corpus(images: int) -> tuple[list[torch.Tensor], list[str], np.ndarray
     return pixels, ids, np.array(truth, dtype=np.int8)
 
 
-def log_odds_debias(raw: torch.Tensor, bias: torch.Tensor, gamma: float) -> torch.Tensor:
-    """A research variant of the debias, not the product's: each class's log-odds shifted by
-    -gamma * log b_c, which for a per-class sigmoid is a shift of its bias term; it keeps
-    scores below 1, so it creates no ties where labels.debias clamps."""
-    p = raw.double().clamp(1e-12, 1 - 1e-12)
-    return torch.sigmoid(torch.logit(p) - gamma * bias.double().log()).float()
-
-
 def label_quality(raw: torch.Tensor, truth: np.ndarray, cfg: CCDConfig) -> dict[str, float]:
     """Raw pooled scores and their round-0 pseudo-labels (debiased with cfg.labels) against
     truth: mAP, CF1 and OF1 (percent) at labels.threshold, labels per image, and the fraction
-    of pseudo-label scores at exactly 1.0 (clamped by the debias); and mAP/CF1 of the same
-    bias applied in log-odds space (log_odds_debias)."""
+    of pseudo-label scores at exactly 1.0 (clamped by labels.debias=divide); and mAP/CF1 of
+    the same bias under each labels.debias form."""
     lc = cfg.labels
     bias, _ = initial_bias(raw, lc.threshold, cfg.initial.entropy_threshold, lc.bias_statistic)
-    pseudo = round_labels(raw, None, bias, lc.gamma, lc.alpha).numpy()
+    pseudo = round_labels(raw, None, bias, lc.gamma, lc.alpha, lc.debias).numpy()
     out: dict[str, float] = {}
     for name, scores in (("raw", raw.numpy()), ("pseudo", pseudo)):
         f1 = f1_scores(scores, truth, lc.threshold)
@@ -90,23 +82,25 @@ def label_quality(raw: torch.Tensor, truth: np.ndarray, cfg: CCDConfig) -> dict[
         out[f"{name}_OF1"] = 100 * f1["OF1"]
         out[f"{name}_labels_per_image"] = float((scores >= lc.threshold).sum(axis=1).mean())
     out["pseudo_at_1"] = float((pseudo == 1.0).mean())
-    shifted = log_odds_debias(raw, bias, lc.gamma).numpy()
-    out["log_odds_mAP"] = 100 * mean_average_precision(shifted, truth)
-    out["log_odds_CF1"] = 100 * f1_scores(shifted, truth, lc.threshold)["CF1"]
+    for form in DEBIAS_FORMS:
+        debiased = debias(raw, bias, lc.gamma, form).numpy()
+        out[f"{form}_mAP"] = 100 * mean_average_precision(debiased, truth)
+        out[f"{form}_CF1"] = 100 * f1_scores(debiased, truth, lc.threshold)["CF1"]
     out["truth_labels_per_image"] = float(truth.sum(axis=1).mean())
     return out
 
 
 def markdown(rows: list[dict]) -> str:
     head = ("| setting | scale | bias | raw mAP | raw CF1 | pseudo mAP | pseudo CF1 | pseudo OF1 "
-            "| labels/image (truth) | pseudo at 1.0 | log-odds debias mAP / CF1 |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|")
+            "| labels/image (truth) | pseudo at 1.0 | divide mAP / CF1 | logit_shift mAP / CF1 |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|")
     lines = [head] + [
         f"| {r['setting']} | {r['logit_scale']:.2f} | {r['logit_bias']:.2f} "
         f"| {r['raw_mAP']:.1f} | {r['raw_CF1']:.1f} | {r['pseudo_mAP']:.1f} "
         f"| {r['pseudo_CF1']:.1f} | {r['pseudo_OF1']:.1f} "
         f"| {r['pseudo_labels_per_image']:.2f} ({r['truth_labels_per_image']:.2f}) "
-        f"| {100 * r['pseudo_at_1']:.1f}% | {r['log_odds_mAP']:.1f} / {r['log_odds_CF1']:.1f} |"
+        f"| {100 * r['pseudo_at_1']:.1f}% | {r['divide_mAP']:.1f} / {r['divide_CF1']:.1f} "
+        f"| {r['logit_shift_mAP']:.1f} / {r['logit_shift_CF1']:.1f} |"
         for r in rows]
     return "\n".join(lines)
 

@@ -118,7 +118,7 @@ def test_good_images_of_any_mode_match_the_reference(bad_run):
     bias = label_ops.bias_vector(
         label_ops.bias_partials(raw, cfg.labels.threshold, cfg.initial.entropy_threshold),
         cfg.labels.bias_statistic)
-    expected = label_ops.debias(raw, bias, cfg.labels.gamma).numpy()
+    expected = label_ops.debias(raw, bias, cfg.labels.gamma, cfg.labels.debias).numpy()
     got = dict(zip(*labeling.read_labels(bad_run.store, 0)))
     np.testing.assert_allclose(np.stack([got[i] for i in ids]), expected, atol=1e-5)
 

@@ -100,7 +100,7 @@ def reference(corpus):
     bias = label_ops.bias_vector(
         label_ops.bias_partials(raw, cfg.labels.threshold, cfg.initial.entropy_threshold),
         cfg.labels.bias_statistic)
-    labels0 = label_ops.debias(raw, bias, cfg.labels.gamma)
+    labels0 = label_ops.debias(raw, bias, cfg.labels.gamma, cfg.labels.debias)
     return SimpleNamespace(cfg=cfg, teacher=teacher, images=images, ids=ids, raw=raw, bias=bias,
                            labels0=labels0)
 
@@ -114,7 +114,7 @@ def reference1(reference, phase1):
                           r.cfg)
     local = score_boxes(r.teacher, r.images, boxes, r.cfg)
     labels1 = label_ops.round_labels(local, r.labels0, r.bias, r.cfg.labels.gamma,
-                                     r.cfg.labels.alpha)
+                                     r.cfg.labels.alpha, r.cfg.labels.debias)
     return SimpleNamespace(ids=r.ids, labels1=labels1, local=local)
 
 

@@ -69,16 +69,18 @@ def test_entropy():
     assert float(L.entropy(torch.tensor([[0.5, 0.5, 0.0]]))[0]) == pytest.approx(math.log(2))
 
 
-def test_debias_gamma_zero_is_identity():
+@pytest.mark.parametrize("form", L.DEBIAS_FORMS)
+def test_debias_gamma_zero_is_identity(form):
     scores = _softmax_scores(10, 4, 0)
     bias = torch.tensor([0.1, 1.0, 3.0, 10.0])
-    out = L.debias(scores, bias, 0.0)
+    out = L.debias(scores, bias, 0.0, form)
     assert torch.equal(out, scores)
     assert out.data_ptr() != scores.data_ptr()  # a copy, not an alias
 
 
+@pytest.mark.parametrize("form", L.DEBIAS_FORMS)
 @pytest.mark.parametrize("statistic", ["count", "top1_mean"])
-def test_debias_lowers_frequent_classes(statistic):
+def test_debias_lowers_frequent_classes(statistic, form):
     # class 0 is the teacher's favourite: top-1 of most images with a high score
     # (many positives, high mean top-1); class 2 is rare and when top-1, only weakly
     scores = torch.tensor([[0.90, 0.05, 0.05],
@@ -92,13 +94,42 @@ def test_debias_lowers_frequent_classes(statistic):
     assert bias[0] > bias[2]
     probe = torch.full((1, 3), 0.2)  # equal raw scores, small enough that nothing clamps
     for gamma in (0.5, 1.0, 2.0):
-        out = L.debias(probe, bias, gamma)[0]
+        out = L.debias(probe, bias, gamma, form)[0]
         assert out[0] < out[2], (statistic, gamma, bias)
-        torch.testing.assert_close(out, (0.2 / bias.pow(gamma)).clamp(0, 1))
+        expected = ((0.2 / bias.pow(gamma)).clamp(0, 1) if form == "divide" else
+                    torch.sigmoid(math.log(0.2 / 0.8) - gamma * bias.log()))
+        torch.testing.assert_close(out, expected)
     # stronger gamma, stronger correction
-    r1 = L.debias(probe, bias, 1.0)[0]
-    r2 = L.debias(probe, bias, 2.0)[0]
+    r1 = L.debias(probe, bias, 1.0, form)[0]
+    r2 = L.debias(probe, bias, 2.0, form)[0]
     assert r2[2] / r2[0] > r1[2] / r1[0] > 1
+
+
+def test_logit_shift_debias_keeps_every_class_ranking():
+    """The default debias changes no class's AP and ties no scores at 1.0, on random scores
+    and biases far from 1 (where the paper's clamp ties many); divide is shown to. The AP is
+    compared in float64, the dtype it then returns: in float32 two scores within float32's
+    resolution of 1.0 (6e-8) that a rare class's boost pushes further up can round equal."""
+    from ccd_ray.method.metrics import per_class_ap
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        raw = torch.from_numpy(rng.beta(0.5, 0.5, (400, 6)).clip(1e-6, 1 - 1e-6))
+        truth = rng.random((400, 6)) < 0.3
+        bias = torch.from_numpy(np.exp(rng.normal(0, 1.0, 6)).astype(np.float32))
+        gamma = float(rng.uniform(0.25, 2.0))
+        shifted = L.debias(raw, bias, gamma, "logit_shift")
+        assert shifted.dtype == torch.float64
+        assert bool(((shifted > 0) & (shifted < 1)).all())
+        np.testing.assert_allclose(per_class_ap(shifted.numpy(), truth),
+                                   per_class_ap(raw.numpy(), truth), rtol=0, atol=1e-12)
+        # the float32 scores of a run: nothing tied at 1.0 (a teacher's p stays below 1 - 1e-4)
+        raw32 = raw.clamp(1e-4, 1 - 1e-4).float()
+        assert float((L.debias(raw32, bias, gamma, "logit_shift") == 1.0).float().mean()) == 0.0
+    divided = L.debias(raw.float(), bias, gamma, "divide")
+    assert float((divided == 1.0).float().mean()) > 0.01  # the clamp ties scores at 1.0
+    with pytest.raises(ValueError, match="debias form 'clamp'"):
+        L.debias(raw, bias, 1.0, "clamp")
 
 
 def test_bias_vector_count_values():
@@ -318,9 +349,11 @@ def test_the_chunked_label_steps_equal_the_whole_matrix_formulas(monkeypatch):
     for key in whole:
         torch.testing.assert_close(partials[key], whole[key], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(bias, L.bias_vector(whole, "count"), rtol=0, atol=0)
-    torch.testing.assert_close(L.round_labels(raw, None, bias, 0.7, 0.4),
-                               L.debias(raw, bias, 0.7), rtol=0, atol=0)
-    torch.testing.assert_close(L.round_labels(raw, previous, bias, 0.7, 0.4),
-                               L.fuse(previous, L.debias(raw, bias, 0.7), 0.4), rtol=0, atol=0)
+    for form in L.DEBIAS_FORMS:
+        torch.testing.assert_close(L.round_labels(raw, None, bias, 0.7, 0.4, form),
+                                   L.debias(raw, bias, 0.7, form), rtol=0, atol=0)
+        torch.testing.assert_close(L.round_labels(raw, previous, bias, 0.7, 0.4, form),
+                                   L.fuse(previous, L.debias(raw, bias, 0.7, form), 0.4),
+                                   rtol=0, atol=0)
     with pytest.raises(ValueError, match="previous labels"):
-        L.round_labels(raw, previous[:50], bias, 0.7, 0.4)
+        L.round_labels(raw, previous[:50], bias, 0.7, 0.4, "logit_shift")

@@ -60,9 +60,9 @@ def test_labels_follow_from_the_raw_scores(baseline):
     cfg, result, _ = baseline
     raw0, raw1 = (torch.from_numpy(r) for r in result.raw)
     bias = torch.from_numpy(result.bias)
-    labels0 = label_ops.debias(raw0, bias, cfg.labels.gamma)
+    labels0 = label_ops.debias(raw0, bias, cfg.labels.gamma, cfg.labels.debias)
     torch.testing.assert_close(torch.from_numpy(result.labels[0]), labels0)
-    local = label_ops.debias(raw1, bias, cfg.labels.gamma)
+    local = label_ops.debias(raw1, bias, cfg.labels.gamma, cfg.labels.debias)
     torch.testing.assert_close(torch.from_numpy(result.labels[1]),
                                label_ops.fuse(labels0, local, cfg.labels.alpha))
     # relabelling changed something (alpha = 0.4 < 1)

@@ -93,8 +93,8 @@ def test_pooling_and_label_derivation_stay_within_a_small_multiple_of_the_matrix
         ids, raw, errors = score_cache.read_pooled(_fs(), cache_entry, CLASSES, "mean")
         raw_t = torch.from_numpy(raw)
         bias, partials = label_ops.initial_bias(raw_t, 0.5, 2.5, "count")
-        round0 = label_ops.round_labels(raw_t, None, bias, 1.0, 0.4)
-        round1 = label_ops.round_labels(raw_t, round0, bias, 1.0, 0.4)
+        round0 = label_ops.round_labels(raw_t, None, bias, 1.0, 0.4, "logit_shift")
+        round1 = label_ops.round_labels(raw_t, round0, bias, 1.0, 0.4, "logit_shift")
         return ids, raw, errors, round1
 
     (ids, raw, errors, round1), peak, seconds = _traced(derive)

@@ -107,12 +107,20 @@ def test_round_labels_follow_the_method_math(base_cfg, base_raw):
     bias = label_ops.bias_vector(label_ops.bias_partials(
         torch.from_numpy(raw0), cfg.labels.threshold, cfg.initial.entropy_threshold), "count")
     lc = cfg.labels
-    labels0 = label_ops.round_labels(torch.from_numpy(raw0), None, bias, lc.gamma, lc.alpha)
-    labels1 = label_ops.round_labels(torch.from_numpy(raw1), labels0, bias, lc.gamma, lc.alpha)
-    expected0 = (torch.from_numpy(raw0) / bias.pow(0.5)).clamp(0, 1)
-    np.testing.assert_allclose(labels0, expected0.numpy(), rtol=1e-6)
-    expected1 = 0.25 * expected0 + 0.75 * (torch.from_numpy(raw1) / bias.pow(0.5)).clamp(0, 1)
-    np.testing.assert_allclose(labels1, expected1.clamp(0, 1).numpy(), rtol=1e-6)
+    labels0 = label_ops.round_labels(torch.from_numpy(raw0), None, bias, lc.gamma, lc.alpha,
+                                        lc.debias)
+    labels1 = label_ops.round_labels(torch.from_numpy(raw1), labels0, bias, lc.gamma, lc.alpha,
+                                        lc.debias)
+    assert lc.debias == "logit_shift"
+
+    def shifted(raw):  # the odds of each class multiplied by bias^-gamma
+        odds = raw.astype(np.float64) / (1 - raw) / bias.double().numpy() ** 0.5
+        return odds / (1 + odds)
+
+    expected0 = shifted(raw0)
+    np.testing.assert_allclose(labels0, expected0, rtol=1e-5)
+    expected1 = 0.25 * expected0 + 0.75 * shifted(raw1)
+    np.testing.assert_allclose(labels1, expected1, rtol=1e-5)
 
 
 def test_proxy_targets_ignore_alpha_and_gamma(base_raw):

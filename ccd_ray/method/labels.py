@@ -97,11 +97,29 @@ def bias_vector(partials: dict[str, torch.Tensor], statistic: str) -> torch.Tens
     raise ValueError(f"bias statistic {statistic!r}: expected 'count' or 'top1_mean'")
 
 
-def debias(scores: torch.Tensor, bias: torch.Tensor, gamma: float) -> torch.Tensor:
-    """p_c / b_c^gamma, clamped to [0, 1]; gamma = 0 is the identity."""
+DEBIAS_FORMS = ("logit_shift", "divide")
+
+
+def debias(scores: torch.Tensor, bias: torch.Tensor, gamma: float, form: str) -> torch.Tensor:
+    """Remove the class bias b_c with strength gamma (0: the identity).
+
+    logit_shift: sigmoid(logit(p_c) - gamma * log b_c), computed in float64. Strictly
+                 increasing in p_c, so each class keeps its ranking of the images (its AP)
+                 and no two different scores are made equal (up to float32's resolution
+                 near 1, 6e-8); a biased class is pulled down in log-odds, a rare one pushed
+                 up, and every score stays inside (0, 1).
+    divide:      the paper's p_c / b_c^gamma clamped to [0, 1]. The clamp sends every score
+                 at or above b_c^gamma to exactly 1.0, which ties those images and loses the
+                 class's ranking among them (AP falls, measured in research/README.md)."""
+    if form not in DEBIAS_FORMS:
+        raise ValueError(f"debias form {form!r}: expected one of {', '.join(DEBIAS_FORMS)}")
     if gamma == 0:
         return scores.clone()
-    return (scores / bias.clamp_min(EPS).pow(gamma)).clamp(0.0, 1.0)
+    if form == "divide":
+        return (scores / bias.clamp_min(EPS).pow(gamma)).clamp(0.0, 1.0)
+    p = scores.double().clamp(EPS, 1.0 - EPS)
+    shift = gamma * bias.double().clamp_min(EPS).log()
+    return torch.sigmoid(torch.logit(p) - shift).to(scores.dtype)
 
 
 def fuse(previous: torch.Tensor, local: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -149,15 +167,15 @@ def initial_bias(initial_raw: torch.Tensor, threshold: float, entropy_threshold:
 
 
 def round_labels(raw: torch.Tensor, previous: torch.Tensor | None, bias: torch.Tensor,
-                 gamma: float, alpha: float) -> torch.Tensor:
-    """A round's soft labels from its pooled raw scores: debiased (gamma), and from round 1
+                 gamma: float, alpha: float, form: str) -> torch.Tensor:
+    """A round's soft labels from its pooled raw scores: debiased (gamma, form), and from round 1
     on fused with the previous round's labels (alpha). Every executor derives labels here."""
     if previous is not None and previous.shape != raw.shape:
         raise ValueError(f"previous labels {tuple(previous.shape)} for raw scores "
                          f"{tuple(raw.shape)}")
     out = torch.empty_like(raw)
     for i in range(0, len(raw), CHUNK_ROWS):
-        debiased = debias(raw[i:i + CHUNK_ROWS], bias, gamma)
+        debiased = debias(raw[i:i + CHUNK_ROWS], bias, gamma, form)
         out[i:i + CHUNK_ROWS] = (debiased if previous is None else
                                  fuse(previous[i:i + CHUNK_ROWS], debiased, alpha))
     return out

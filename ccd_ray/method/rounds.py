@@ -87,7 +87,7 @@ def run_rounds(cfg: CCDConfig, executor: Executor, stop_at_round: int | None = N
     bias, partials = label_ops.initial_bias(raw0, lc.threshold, cfg.initial.entropy_threshold,
                                             lc.bias_statistic)
     ids = scores.ids
-    labels = label_ops.round_labels(raw0, None, bias, lc.gamma, lc.alpha).numpy()
+    labels = label_ops.round_labels(raw0, None, bias, lc.gamma, lc.alpha, lc.debias).numpy()
     result = RoundsResult(ids=ids, bias=bias.numpy(), raw=[scores.raw], labels=[labels])
     executor.publish_labels(0, ids, labels, result.bias,
                             {k: v.numpy() for k, v in partials.items()})
@@ -103,7 +103,7 @@ def run_rounds(cfg: CCDConfig, executor: Executor, stop_at_round: int | None = N
             ids = scores.ids
             labels = label_ops.round_labels(torch.from_numpy(scores.raw),
                                             torch.from_numpy(previous), bias, lc.gamma,
-                                            lc.alpha).numpy()
+                                            lc.alpha, lc.debias).numpy()
             result.raw.append(scores.raw)
             result.labels.append(labels)
             executor.publish_labels(segment.labels_round, ids, labels, result.bias, {})

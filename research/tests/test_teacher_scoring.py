@@ -22,11 +22,14 @@ def test_label_quality_scores_against_truth_and_counts_clamped_labels():
     assert perfect["pseudo_at_1"] == 0.0
     # a debias that divides by a bias below 1 pushes 0.9 past 1: clamped, counted
     raw = torch.tensor([[0.9, 0.0, 0.0], [0.0, 0.9, 0.9], [0.9, 0.9, 0.0], [0.0, 0.0, 0.4]])
-    debiased = label_quality(raw, truth, load_config(overrides=NAMES + ["labels.gamma=1"]))
+    debiased = label_quality(raw, truth, load_config(
+        overrides=NAMES + ["labels.gamma=1", "labels.debias=divide"]))
     # positives per class 2, 2, 1 -> bias 1.2, 1.2, 0.6: class 2's 0.9 becomes 1.0 (1 of 12)
     assert debiased["pseudo_at_1"] == pytest.approx(1 / 12)
     assert debiased["raw_CF1"] < 100  # class 2's 0.4 misses a true label
     assert debiased["pseudo_CF1"] == pytest.approx(100)  # 0.4 / 0.6 reaches the threshold
+    assert debiased["divide_mAP"] == debiased["pseudo_mAP"]
+    assert debiased["logit_shift_mAP"] == pytest.approx(debiased["raw_mAP"])  # ranking kept
 
 
 def test_world_corpus_is_the_embedded_corpus_decoded():
@@ -34,16 +37,3 @@ def test_world_corpus_is_the_embedded_corpus_decoded():
     assert len(images) == len(ids) == 3 and truth.shape == (3, len(CLASS_NAMES))
     assert images[0].dtype == torch.uint8 and images[0].shape[0] == 3
     assert ids[0].startswith("synth-7-") and truth.sum(axis=1).min() >= 1
-
-
-def test_log_odds_debias_shifts_log_odds_and_never_clamps():
-    from research.teacher_scoring import log_odds_debias
-
-    raw = torch.tensor([[0.5, 0.9], [0.2, 0.999]])
-    bias = torch.tensor([2.0, 0.5])
-    shifted = log_odds_debias(raw, bias, gamma=1.0)
-    # p = 0.5 has odds 1: divided by b = 2 -> odds 1/2 -> p = 1/3
-    assert float(shifted[0, 0]) == pytest.approx(1 / 3)
-    assert bool((shifted < 1).all())  # 0.999 / 0.5 would clamp at 1 in labels.debias
-    assert float(shifted[1, 1]) > float(shifted[0, 1])  # the class's order is kept
-    torch.testing.assert_close(log_odds_debias(raw, bias, gamma=0.0), raw)
