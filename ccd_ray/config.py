@@ -144,6 +144,10 @@ class TrainConfig:
     warmup_epochs: int = _knob(2, low=0, high=1000, help="epochs before the first relabel; "
                                "the consistency loss is off until then")
     beta: float = _knob(1.0, low=0.0, high=100.0, help="consistency loss weight")
+    loss: str = _knob("bce", choices=("bce", "gce"),
+                      help="loss towards the soft labels: 'bce', or 'gce' (generalised "
+                      "cross-entropy, robust to noisy labels)")
+    gce_q: float = _knob(0.7, low=0.01, high=1.0, help="q of train.loss=gce (-> 0: BCE; 1: MAE)")
     lr: float = _knob(1e-4, low=0.0, high=10.0, help="backbone learning rate (Adam)")
     head_lr_mult: float = _knob(10.0, low=0.0, high=1e4, help="CAM head learning-rate factor")
     weight_decay: float = _knob(0.0, low=0.0, high=1.0, help="Adam weight decay")

@@ -110,3 +110,30 @@ def test_consistency_weight_schedule():
     assert [consistency_weight(e, 1.5, 2) for e in range(5)] == [0.0, 0.0, 1.5, 1.5, 1.5]
     assert consistency_weight(0, 0.7, 0) == 0.7
     assert consistency_weight(9, 0.0, 2) == 0.0
+
+
+def test_gce_spans_bce_and_mae_and_weighs_disputed_labels_less():
+    from ccd_ray.method.losses import soft_gce, target_loss
+
+    torch.manual_seed(0)
+    logits, targets = torch.randn(6, 4) * 3, torch.rand(6, 4)
+    weights = torch.tensor([1.0, 0.0, 2.0, 1.0, 1.0, 0.5])
+    p = torch.sigmoid(logits)
+    # q = 1: the mean absolute error between p and the soft target, weighted as BCE is
+    mae = (targets * (1 - p) + (1 - targets) * p).mean(dim=1)
+    torch.testing.assert_close(soft_gce(logits, targets, weights, 1.0),
+                               (mae * weights).sum() / weights.sum())
+    # q -> 0: BCE
+    torch.testing.assert_close(soft_gce(logits, targets, weights, 1e-5),
+                               soft_bce(logits, targets, weights), rtol=1e-3, atol=1e-4)
+    # a positive label the classifier disputes (p small) pulls p^q times BCE's gradient
+    x = torch.tensor([[-4.0]], requires_grad=True)
+    soft_gce(x, torch.ones(1, 1), q=0.7).backward()
+    gce_grad = float(x.grad)
+    x.grad = None
+    soft_bce(x, torch.ones(1, 1)).backward()
+    assert gce_grad == pytest.approx(float(x.grad) * float(torch.sigmoid(x.detach())) ** 0.7)
+    torch.testing.assert_close(target_loss(logits, targets, None, "bce", 0.7),
+                               soft_bce(logits, targets))
+    with pytest.raises(ValueError, match="loss 'mse'"):
+        target_loss(logits, targets, None, "mse", 0.7)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import torch
@@ -83,6 +84,13 @@ def save_classifier(path: str | Path, model: CAMClassifier, class_names: list[st
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "backbone": model.backbone, "class_names": list(class_names),
                 "image_size": int(image_size)}, path)
+
+
+def classifier_bytes(model: CAMClassifier, class_names: list[str], image_size: int) -> bytes:
+    """save_classifier's file as bytes: what every executor commits as classifier.pt."""
+    buffer = io.BytesIO()
+    save_classifier(buffer, model, class_names, image_size)
+    return buffer.getvalue()
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu"

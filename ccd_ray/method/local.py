@@ -5,7 +5,6 @@ Used by the tests' parity oracle and by sweep trials."""
 
 from __future__ import annotations
 
-import io
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,12 +15,12 @@ import torch
 
 from ccd_ray.config import CCDConfig
 from ccd_ray.io.inputs_codec import resize_inputs, round_trip
-from ccd_ray.method.classifier import CAMClassifier, normalise, save_classifier
+from ccd_ray.method.classifier import CAMClassifier, normalise
 from ccd_ray.method.rounds import RoundScores, RoundsResult, Targets, run_rounds
 from ccd_ray.method.rows import Chunk, attach_targets
 from ccd_ray.method.schedule import Segment, is_holdout, selection_threshold
 from ccd_ray.method.scoring import classifier_outputs, initial_scores, relabel_boxes, score_boxes
-from ccd_ray.method.training import fit_epochs
+from ccd_ray.method.training import fit_epochs, new_classifier
 
 CHUNK_ROWS = 256  # rows per chunk of the in-memory input stream (the order does not depend on it)
 
@@ -65,12 +64,6 @@ def predict_pixels(model: CAMClassifier, pixels: np.ndarray, batch_size: int = 6
     out = [torch.sigmoid(model(normalise(torch.from_numpy(pixels[i:i + batch_size]).to(device)))[0])
            .float().cpu().numpy() for i in range(0, len(pixels), batch_size)]
     return np.concatenate(out) if out else np.zeros((0, model.num_classes), np.float32)
-
-
-def classifier_bytes(model: CAMClassifier, cfg: CCDConfig) -> bytes:
-    buffer = io.BytesIO()
-    save_classifier(buffer, model, cfg.classes.names, cfg.train.image_size)
-    return buffer.getvalue()
 
 
 class ScoreSource(Protocol):
@@ -184,12 +177,8 @@ class LocalExecutor:
                       ) -> Trained:
         tc = self.cfg.train
         if trained is None:
-            torch.manual_seed(self.cfg.seed)  # the same initial weights as every Train worker
-            model = CAMClassifier(tc.backbone, len(self.cfg.classes.names),
-                                  tc.backbone_weights).to(self.device)
-            optimizer = torch.optim.Adam(model.param_groups(tc.lr, tc.head_lr_mult),
-                                         weight_decay=tc.weight_decay)
-            trained = Trained(model, optimizer)
+            model, optimizer = new_classifier(self.cfg)  # as every Train worker starts
+            trained = Trained(model.to(self.device), optimizer)
 
         def report(metrics: dict[str, Any]) -> None:
             entry = {**metrics, "labels_round": segment.labels_round}

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ccd_ray.config import TrainConfig
-from ccd_ray.method.classifier import normalise
-from ccd_ray.method.losses import consistency_loss, consistency_weight, soft_bce
+from ccd_ray.config import CCDConfig, TrainConfig
+from ccd_ray.method.classifier import CAMClassifier, normalise
+from ccd_ray.method.losses import consistency_loss, consistency_weight, target_loss
 from ccd_ray.method.rows import Chunk
 
 
@@ -36,11 +36,12 @@ def augment_pair(images: torch.Tensor, generator: torch.Generator
 
 
 def step_losses(model: torch.nn.Module, first: torch.Tensor, second: torch.Tensor,
-                targets: torch.Tensor, weights: torch.Tensor | None, beta: float
-                ) -> dict[str, torch.Tensor]:
-    """Losses of one batch; the second view is only run when the consistency term is on."""
+                targets: torch.Tensor, weights: torch.Tensor | None, beta: float,
+                loss: tuple[str, float] = ("bce", 0.0)) -> dict[str, torch.Tensor]:
+    """Losses of one batch (loss: train.loss and train.gce_q); the second view is only run
+    when the consistency term is on."""
     logits, _ = model(first)
-    bce = soft_bce(logits, targets, weights)
+    bce = target_loss(logits, targets, weights, *loss)
     if beta > 0:
         logits_second, _ = model(second)
         consist = consistency_loss(logits, logits_second)
@@ -51,11 +52,11 @@ def step_losses(model: torch.nn.Module, first: torch.Tensor, second: torch.Tenso
 
 def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, first: torch.Tensor,
                second: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None,
-               beta: float) -> dict[str, float]:
+               beta: float, loss: tuple[str, float] = ("bce", 0.0)) -> dict[str, float]:
     """One optimiser step on a batch already on the model's device; bf16 autocast on GPU."""
     device = first.device
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        losses = step_losses(model, first, second, targets, weights, beta)
+        losses = step_losses(model, first, second, targets, weights, beta, loss)
     optimizer.zero_grad(set_to_none=True)
     losses["loss"].backward()
     optimizer.step()
@@ -119,6 +120,17 @@ def shuffled_batches(chunks: Iterable[Chunk], batch_size: int, buffer_rows: int,
             yield stack(rows)
 
 
+def new_classifier(cfg: CCDConfig) -> tuple[CAMClassifier, torch.optim.Optimizer]:
+    """The classifier and its Adam optimiser at their seeded start: the same initial weights
+    on every Train worker, in every executor and on every rerun."""
+    tc = cfg.train
+    torch.manual_seed(cfg.seed)
+    model = CAMClassifier(tc.backbone, len(cfg.classes.names), tc.backbone_weights)
+    optimizer = torch.optim.Adam(model.param_groups(tc.lr, tc.head_lr_mult),
+                                 weight_decay=tc.weight_decay)
+    return model, optimizer
+
+
 def fit_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tc: TrainConfig,
                seed: int, epochs: range, rows_for_epoch: Callable[[int], Iterable[Chunk]],
                report: Callable[[dict[str, Any]], None], device: torch.device,
@@ -136,5 +148,6 @@ def fit_epochs(model: torch.nn.Module, optimizer: torch.optim.Optimizer, tc: Tra
             first, second = augment_pair(normalise(torch.from_numpy(batch["pixels"])), generator)
             steps.append(train_step(model, optimizer, first.to(device), second.to(device),
                                     torch.from_numpy(batch["targets"]).to(device),
-                                    torch.from_numpy(batch["weights"]).to(device), beta))
+                                    torch.from_numpy(batch["weights"]).to(device), beta,
+                                    (tc.loss, tc.gce_q)))
         report({"epoch": epoch, "batches": len(steps), **mean_losses(steps)})

@@ -10,7 +10,6 @@ from the segment's last checkpoint (FailureConfig)."""
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 from pathlib import Path
@@ -33,10 +32,10 @@ from ray.train.torch import TorchTrainer
 
 from ccd_ray.config import CCDConfig, config_from_dict
 from ccd_ray.io.storage import RunStore
-from ccd_ray.method.classifier import CAMClassifier, save_classifier
+from ccd_ray.method.classifier import CAMClassifier, classifier_bytes
 from ccd_ray.method.rounds import Targets
 from ccd_ray.method.rows import training_rows
-from ccd_ray.method.training import fit_epochs
+from ccd_ray.method.training import fit_epochs, new_classifier
 from ccd_ray.stages.train_inputs import input_files
 
 STATE_FILE = "state.pt"
@@ -83,10 +82,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     tc = cfg.train
     first_epoch, end_epoch = config["epochs"]
     rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank and every rerun
-    model = CAMClassifier(tc.backbone, len(cfg.classes.names), tc.backbone_weights)
-    optimizer = torch.optim.Adam(model.param_groups(tc.lr, tc.head_lr_mult),
-                                 weight_decay=tc.weight_decay)
+    model, optimizer = new_classifier(cfg)
     # this segment's own latest checkpoint (after a worker failure), else the previous segment's
     checkpoint = ray.train.get_checkpoint() or config.get("start_from")
     if checkpoint is not None:
@@ -149,9 +145,7 @@ def export_classifier(checkpoint: Checkpoint, cfg: CCDConfig) -> bytes:
         state = torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
     model = CAMClassifier(cfg.train.backbone, len(cfg.classes.names))
     model.load_state_dict(state["model"])
-    buffer = io.BytesIO()
-    save_classifier(buffer, model, cfg.classes.names, cfg.train.image_size)
-    return buffer.getvalue()
+    return classifier_bytes(model, cfg.classes.names, cfg.train.image_size)
 
 
 def checkpoint_at(store: RunStore, path: str) -> Checkpoint:

@@ -20,8 +20,8 @@ from ccd_ray.io.corpus import corpus_layout, corpus_truth, read_task_rows
 from ccd_ray.io.decode import decoded_rows
 from ccd_ray.io.inputs_codec import decode_inputs
 from ccd_ray.io.storage import RunStore, filesystem_for, read_json
-from ccd_ray.method.classifier import CAMClassifier
-from ccd_ray.method.local import LocalExecutor, TrainingInputs, classifier_bytes
+from ccd_ray.method.classifier import CAMClassifier, classifier_bytes
+from ccd_ray.method.local import LocalExecutor, TrainingInputs
 from ccd_ray.method.metrics import truth_matrix
 from ccd_ray.method.rounds import run_rounds
 from ccd_ray.method.rows import align_rows
@@ -90,7 +90,8 @@ class BaseScores:
                     labeling.score_initial(cfg, self.store)
                 else:
                     labeling.score_relabel(cfg, self.store, round_index,
-                                           classifier_bytes(model, cfg), threshold())
+                                           classifier_bytes(model, cfg.classes.names,
+                                                            cfg.train.image_size), threshold())
                 marker = self.store.marker(labeling.raw_stage(round_index))
                 self.passes += marker["teacher_passes_run"]
             ids, matrix, _ = labeling.read_raw(cfg, self.store, round_index)
