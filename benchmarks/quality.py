@@ -1,29 +1,29 @@
-"""Label quality on SynthScenes: the final labels and the classifier of the embedded default's
-job against the teacher's zero-shot labels and a supervised bound, paired per seed.
+"""Label quality on synthetic worlds held out from tuning: CCD's final labels and distilled
+classifier against the teacher's zero-shot labels and a classifier trained on the ground truth.
 
-    python benchmarks/quality.py                                # 3 seeds, the embedded default
-    python benchmarks/quality.py --seeds 0 --images 48 --set train.epochs=2 \
-        --set train.warmup_epochs=1 --tag smoke --out outputs/quality-smoke   # a short check
-    python benchmarks/quality.py --set labels.final_source=pseudo --tag pseudo   # a variant
+    python benchmarks/quality.py                                # every world, 2 seeds each
+    python benchmarks/quality.py --worlds base crowded --seeds 0   # a subset
+    python benchmarks/quality.py --set labels.debias=divide --tag divide   # a variant
 
-For each seed s, a synthetic corpus is made from seed s (the embedded default's scenes, --images
-of them) and two runs of `pipeline.run_ccd` (the code path of jobs/run_ccd.py) go on one local
-Ray instance, with the embedded default's config, its pretrained synthetic teacher and student
-backbone, `seed=s` and the --set values:
-  ccd    the job as configured, run id `quality-<tag>-ccd-s<seed>`;
-  bound  the same with `train.targets=ground_truth` (the classifier trained on the corpus's own
-         labels on the same schedule), run id `quality-<tag>-bound-s<seed>`.
-Rerunning the command resumes: the same run ids, so the product's resume skips every committed
-stage (a finished run is read back).
+A world is a corpus recipe (scenes, objects per scene, object size, background clutter, class
+frequencies) and a teacher (WORLDS). Worlds are either `tuning` (the product's defaults may be
+chosen on them) or `test` (reported, never tuned on). For each world and seed, a corpus is drawn
+and two runs of the CCD round loop (`ccd_ray.method.rounds.run_rounds`, the loop the Ray job
+runs) go in this process through `method.local.LocalExecutor`, with the embedded default's
+config, the world's keys and the --set values:
+  ccd    the method as configured;
+  bound  the same schedule with `train.targets=ground_truth` (a classifier trained on the
+         corpus's own labels; it reuses the ccd run's teacher scores, which it never trains on).
+Both are scored by `stages.evaluate.evaluate_run`, the job's own evaluation (the Ray job and
+this executor give the same labels: tests/test_reference.py). A world is valid for testing
+distillation only when the bound's held-out mAP beats the teacher's held-out zero-shot mAP by
+at least VALID_GAP: the table says so per world.
 
-From each run's final metrics.json, per seed: the final labels' gain over the teacher's
-zero-shot labels on the same images (training split; mAP and CF1), the classifier's gain over
-the teacher used as the classifier on the held-out split (mAP and CF1), and the final labels'
-mAP as a percentage of the bound's held-out classifier mAP. Seeds differ in their whole world
-(corpus, held-out split), which moves both sides of a gain together; the per-seed difference
-removes that shared part. Each row is then mean +- std over seeds (ddof=0), checked against
-its target on the mean. Prints a markdown table with the command and the date, and writes it
-(<out>/quality-<tag>.md) and the per-seed figures (--json, default <out>/quality-<tag>.json)."""
+Per seed, paired on the same corpus: the final labels minus the teacher's zero-shot labels
+(training split, mAP and CF1), round-0 pseudo-labels minus the raw scores they come from, the
+classifier minus the teacher on the held-out split, and the classifier as a percentage of the
+bound. Rows are mean +- std over seeds (ddof=0). Prints a markdown table with the command and
+the date; writes it, the per-seed figures and each run's score matrices under --out."""
 
 from __future__ import annotations
 
@@ -33,192 +33,223 @@ import os
 import shlex
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from ccd_ray.cli import EMBEDDED_WORKDIR, log, run_job, run_log
-from ccd_ray.config import DEFAULT_CONFIG, load_config
+from ccd_ray.config import DEFAULT_CONFIG, CCDConfig, load_config
 from ccd_ray.demo.embedded import (
-    CORPUS_IMAGES,
+    IMAGE_SIDE,
     STUDENT_BACKBONE_SPEC,
     TEACHER_SPEC,
     default_cache_dir,
     embedded_defaults,
-    make_corpus,
 )
 from ccd_ray.demo.pretrain_backbone import pretrained_backbone
-from ccd_ray.demo.pretrain_teacher import pretrained_teacher
-from ccd_ray.io.storage import read_json
-from ccd_ray.preflight import check_inputs, check_storage
-from ccd_ray.stages.evaluate import FINAL_STAGE
-from ccd_ray.stages.pipeline import run_ccd
-from ccd_ray.stages.runtime import init_ray
+from ccd_ray.demo.pretrain_teacher import SIGMOID_SPEC, pretrained_teacher
+from ccd_ray.demo.scenes import CLASS_NAMES
+from ccd_ray.io.decode import decode_image
+from ccd_ray.io.packing import synthetic_records
+from ccd_ray.method.local import (
+    CachedScores,
+    LocalExecutor,
+    TeacherScores,
+    TrainingInputs,
+    predict_pixels,
+)
+from ccd_ray.method.metrics import truth_matrix
+from ccd_ray.method.rounds import RoundsResult, run_rounds
+from ccd_ray.method.teacher import Teacher
+from ccd_ray.stages.evaluate import (
+    ClassifierScores,
+    ZeroShot,
+    evaluate_run,
+    final_labels,
+)
 
-# the keys of metrics.json (ccd_ray.stages.evaluate.evaluate_run) this benchmark reads
-TEACHER_TRAIN, FINAL_LABELS = "teacher_before_debias", "final_labels"
-TEACHER_HOLDOUT, CLASSIFIER_HOLDOUT = "teacher_holdout", "classifier_holdout"
-RUNS = {"ccd": [], "bound": ["train.targets=ground_truth"]}
-# config keys the benchmark sets itself in every run
-OWN_KEYS = ("seed", "run_id", "data.corpus_uri", "data.output_uri", "train.targets")
+VALID_GAP = 5.0  # bound's held-out mAP minus the teacher's, for a world to test distillation
+TEACHERS = {"clip": TEACHER_SPEC,                              # the embedded default's
+            "sigmoid": SIGMOID_SPEC,                           # SigLIP-style loss and scoring
+            "clip-weak": replace(TEACHER_SPEC, steps=250)}     # the same, a third of the steps
 
 
 @dataclass(frozen=True)
-class Row:
-    key: str
-    label: str
-    target: float | None  # the mean over seeds must reach it; None: reported only
+class World:
+    role: str                         # "tuning" or "test"
+    note: str
+    images: int = 800
+    max_objects: int = 4              # objects per scene: 1..max_objects
+    scale: tuple[float, float] = (0.25, 0.45)  # object diameter / scene side
+    clutter: tuple[int, int] = (4, 10)  # background strokes: [low, high)
+    zipf: float = 0.0                 # class frequency ~ 1 / rank^zipf (0: uniform)
+    teacher: str = "clip"
+    keys: tuple[str, ...] = ()        # the world's own config keys (sizes, not method choices)
+
+    def class_probs(self, seed: int) -> np.ndarray | None:
+        if self.zipf == 0:
+            return None
+        order = np.random.default_rng(seed + 7).permutation(len(CLASS_NAMES))
+        weights = 1.0 / (np.arange(len(CLASS_NAMES)) + 1.0) ** self.zipf
+        return (weights / weights.sum())[np.argsort(order)]
 
 
-ROWS = [
-    Row("labels_gain_mAP", "final labels - teacher zero-shot, mAP (training split)", 3.0),
-    Row("labels_gain_CF1", "final labels - teacher zero-shot, CF1 (training split)", 10.0),
-    Row("classifier_gain_mAP", "classifier - teacher zero-shot, mAP (held-out split)", 0.0),
-    Row("classifier_gain_CF1", "classifier - teacher zero-shot, CF1 (held-out split)", None),
-    Row("labels_of_bound_pct", "final labels mAP / bound's classifier mAP (%)", 90.0),
-]
-# absolute scores behind the gains: (label, run, metrics.json key)
-ABSOLUTE = [("teacher zero-shot labels (training split)", "ccd", TEACHER_TRAIN),
-            ("final labels (training split)", "ccd", FINAL_LABELS),
-            ("teacher zero-shot (held-out split)", "ccd", TEACHER_HOLDOUT),
-            ("classifier (held-out split)", "ccd", CLASSIFIER_HOLDOUT),
-            ("bound's classifier (held-out split)", "bound", CLASSIFIER_HOLDOUT)]
+WORLDS = {
+    "base": World("tuning", "the embedded default's scenes, more of them"),
+    "crowded": World("tuning", "1-6 smaller objects", max_objects=6, scale=(0.18, 0.35)),
+    "long-tail": World("test", "Zipf 1.0 class frequencies, heavy clutter", zipf=1.0,
+                       clutter=(10, 24)),
+    "siglip": World("test", "SigLIP-style teacher, 1-3 larger objects", teacher="sigmoid",
+                    max_objects=3, scale=(0.3, 0.5)),
+    "weak-teacher": World("test", "teacher pretrained a third as long", teacher="clip-weak"),
+}
+# the schedule every world trains on: long enough for the bound to beat the teacher
+SCHEDULE = ("train.epochs=8", "train.warmup_epochs=3")
+# config keys the benchmark sets itself
+OWN_KEYS = ("seed", "train.targets", "teacher.model", "data.corpus_uri")
 
 
-def run_id(tag: str, run: str, seed: int) -> str:
-    return f"quality-{tag}-{run}-s{seed}"
+def world_corpus(world: World, seed: int
+                 ) -> tuple[list[str], list[torch.Tensor], dict[str, list[str]]]:
+    """(sorted ids, decoded images, truth) of the world's corpus for a seed, decoded from PNG
+    as a run decodes it."""
+    records = synthetic_records(world.images, 1000 + seed, IMAGE_SIDE, world.max_objects,
+                                world.scale, class_probs=world.class_probs(seed),
+                                clutter=world.clutter)
+    rows = sorted((image_id, png, labels) for image_id, png, labels in records)
+    images = [torch.from_numpy(decode_image(png, max_pixels=IMAGE_SIDE ** 2).image)
+              for _, png, _ in rows]
+    return [r[0] for r in rows], images, {r[0]: list(r[2]) for r in rows}
 
 
-def score(metrics: dict, key: str, metric: str, name: str) -> float:
-    """metrics[key][metric], or a one-line error naming the run (a run without ground truth
-    has none of the scored keys)."""
-    scored = metrics.get(key)
-    if not isinstance(scored, dict) or metric not in scored:
-        raise ValueError(f"metrics.json of run {name!r} has no {key}.{metric} (was its corpus "
-                       "without ground truth?)")
-    return float(scored[metric])
+def world_config(world: World, seed: int, sets: list[str], bound: bool) -> CCDConfig:
+    teacher = pretrained_teacher(default_cache_dir(), TEACHERS[world.teacher])
+    return load_config(DEFAULT_CONFIG, [
+        *SCHEDULE, *world.keys, *sets, f"seed={seed}", f"teacher.model={teacher}",
+        f"train.targets={'ground_truth' if bound else 'pseudo'}"],
+        base=embedded_defaults("outputs"))
 
 
-def seed_figures(ccd: dict, bound: dict, seed: int = 0) -> dict[str, float]:
-    """One seed's paired figures (ROWS' keys) from its two runs' metrics.json."""
-    def get(metrics, key, metric, run):
-        return score(metrics, key, metric, f"{run} seed {seed}")
-
-    figures = {}
-    for metric in ("mAP", "CF1"):
-        figures[f"labels_gain_{metric}"] = (get(ccd, FINAL_LABELS, metric, "ccd")
-                                            - get(ccd, TEACHER_TRAIN, metric, "ccd"))
-        figures[f"classifier_gain_{metric}"] = (get(ccd, CLASSIFIER_HOLDOUT, metric, "ccd")
-                                                - get(ccd, TEACHER_HOLDOUT, metric, "ccd"))
-    bound_map = get(bound, CLASSIFIER_HOLDOUT, "mAP", "bound")
-    if bound_map <= 0:
-        raise ValueError(f"seed {seed}: the bound's classifier mAP is {bound_map}; no ratio")
-    figures["labels_of_bound_pct"] = 100.0 * get(ccd, FINAL_LABELS, "mAP", "ccd") / bound_map
-    return figures
+def evaluated(cfg: CCDConfig, executor: LocalExecutor, result: RoundsResult,
+              truth: dict[str, list[str]], zero_shot: ZeroShot) -> tuple[dict, np.ndarray]:
+    """The run's metrics.json, as the job's final stage computes it, and the classifier's
+    probabilities of every image."""
+    inputs = executor.inputs
+    classifier = ClassifierScores(inputs.ids, predict_pixels(result.trained.model, inputs.pixels),
+                                  inputs.holdout)
+    final = final_labels(cfg, result.ids, result.final_labels, classifier, zero_shot, truth)
+    return evaluate_run(cfg, lambda r: (result.ids, result.labels[r]), truth, classifier, final,
+                        zero_shot), classifier.probs
 
 
-def summary_rows(per_seed: dict[int, dict[str, float]]) -> list[dict]:
-    """Each row of ROWS over the seeds: values (in seed order), mean, std (ddof=0), target and
-    passed (the mean reaches the target; None where the row has none)."""
-    seeds = sorted(per_seed)
-    rows = []
-    for row in ROWS:
-        values = [per_seed[s][row.key] for s in seeds]
-        mean = float(np.mean(values))
-        rows.append({"key": row.key, "label": row.label, "values": values, "mean": mean,
-                     "std": float(np.std(values)), "target": row.target,
-                     "passed": None if row.target is None else bool(mean >= row.target)})
-    return rows
+def run_world_seed(world: World, seed: int, sets: list[str], scores_file: Path
+                   ) -> dict[str, dict]:
+    """Both runs of one world and seed: their metrics. Their score matrices go to scores_file
+    (NumPy .npz: ids, truth, holdout, each round's raw scores and labels, both classifiers'
+    probabilities), for research on the final stage without rerunning."""
+    ids, images, truth = world_corpus(world, seed)
+    cfg = world_config(world, seed, sets, bound=False)
+    teacher = Teacher.from_config(cfg.teacher, cfg.classes)
+    inputs = TrainingInputs.from_images(ids, images, cfg)
+    ccd = LocalExecutor(cfg, ids, TeacherScores(images, ids, lambda: teacher), inputs)
+    result = run_rounds(cfg, ccd)
+    zero_shot = ZeroShot(result.ids, result.raw[0])
+    metrics, probs = {}, {}
+    metrics["ccd"], probs["ccd"] = evaluated(cfg, ccd, result, truth, zero_shot)
+    bound_cfg = world_config(world, seed, sets, bound=True)
+    truth_rows = truth_matrix(truth, ids, bound_cfg.classes.names)
+    bound = LocalExecutor(bound_cfg, ids, CachedScores(result.raw), inputs, truth=truth_rows)
+    metrics["bound"], probs["bound"] = evaluated(bound_cfg, bound, run_rounds(bound_cfg, bound),
+                                                 truth, zero_shot)
+    np.savez_compressed(scores_file, ids=np.asarray(ids), truth=truth_rows,
+                        holdout=inputs.holdout, classifier=probs["ccd"], bound=probs["bound"],
+                        **{f"raw{r}": raw for r, raw in enumerate(result.raw)},
+                        **{f"labels{r}": labels for r, labels in enumerate(result.labels)})
+    return metrics
 
 
-def absolute_rows(results: dict[int, dict[str, dict]]) -> list[dict]:
-    """The scores the gains come from, mean +- std over seeds: results[seed][run] = metrics."""
-    rows = []
-    for label, run, key in ABSOLUTE:
-        cells = {}
-        for metric in ("mAP", "CF1", "OF1"):
-            values = [score(results[s][run], key, metric, f"{run} seed {s}")
-                      for s in sorted(results)]
-            cells[metric] = {"mean": float(np.mean(values)), "std": float(np.std(values))}
-        rows.append({"label": label, **cells})
-    return rows
+def seed_figures(ccd: dict, bound: dict) -> dict[str, float]:
+    """One seed's paired figures from its two runs' metrics."""
+    def get(metrics: dict, key: str, metric: str = "mAP") -> float:
+        return float(metrics[key][metric])
+
+    def round0(metric: str) -> float:
+        return float(ccd["rounds"][0][metric])
+
+    bound_map = get(bound, "classifier_holdout")
+    return {
+        "labels_gain_mAP": get(ccd, "final_labels") - get(ccd, "teacher_before_debias"),
+        "labels_gain_CF1": (get(ccd, "final_labels", "CF1")
+                            - get(ccd, "teacher_before_debias", "CF1")),
+        "round0_minus_raw_mAP": round0("mAP") - get(ccd, "teacher_before_debias"),
+        "classifier_gain_mAP": get(ccd, "classifier_holdout") - get(ccd, "teacher_holdout"),
+        "classifier_of_bound_pct": 100.0 * get(ccd, "classifier_holdout") / bound_map,
+        "bound_gain_mAP": bound_map - get(ccd, "teacher_holdout"),
+        "teacher_mAP": get(ccd, "teacher_before_debias"),
+        "final_mAP": get(ccd, "final_labels"),
+        "teacher_holdout_mAP": get(ccd, "teacher_holdout"),
+        "classifier_holdout_mAP": get(ccd, "classifier_holdout"),
+        "bound_holdout_mAP": bound_map,
+    }
 
 
-def markdown(rows: list[dict], absolute: list[dict], seeds: list[int], header: str) -> str:
-    """The gains table (target and PASS/FAIL per row) and the absolute scores behind it."""
-    def fmt(row: dict, signed: bool) -> tuple[str, str]:
+# (figure, column head, target on the mean or None, signed)
+COLUMNS = [("labels_gain_mAP", "final - zero-shot mAP", 3.0, True),
+           ("labels_gain_CF1", "final - zero-shot CF1", 3.0, True),
+           ("round0_minus_raw_mAP", "round 0 - raw mAP", 0.0, True),
+           ("classifier_gain_mAP", "classifier - teacher mAP (held-out)", 0.0, True),
+           ("classifier_of_bound_pct", "classifier / bound (%)", 90.0, False),
+           ("bound_gain_mAP", "bound - teacher mAP (held-out)", VALID_GAP, True)]
+
+
+def summary(per_seed: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Each figure's mean and std (ddof=0) over seeds, and its values in seed order."""
+    return {key: {"mean": float(np.mean([f[key] for f in per_seed])),
+                  "std": float(np.std([f[key] for f in per_seed])),
+                  "values": [f[key] for f in per_seed]} for key in per_seed[0]}
+
+
+def markdown(results: dict[str, dict], header: str) -> str:
+    """One row per world (tuning worlds first), then each role's mean over its worlds; a
+    figure below its target is marked with '(miss)'."""
+    def cell(stats: dict[str, float], target: float | None, signed: bool) -> str:
         sign = "+" if signed else ""
-        return (f"{row['mean']:{sign}.1f} +- {row['std']:.1f}",
-                ", ".join(f"{v:{sign}.1f}" for v in row["values"]))
+        text = f"{stats['mean']:{sign}.1f} +- {stats['std']:.1f}"
+        return text + (" (miss)" if target is not None and stats["mean"] < target else "")
 
-    seed_list, plural = ", ".join(str(s) for s in seeds), "s" * (len(seeds) != 1)
-    lines = [header, "",
-             f"| measure ({len(seeds)} seed{plural}: mean +- std) | value | per seed ({seed_list}) "
-             "| target | result |", "|---|---:|---:|---:|---|"]
-    for row in rows:
-        ratio = row["key"] == "labels_of_bound_pct"
-        value, values = fmt(row, signed=not ratio)
-        if row["target"] is None:
-            target, result = "-", "-"
-        else:
-            target = f">= {row['target']:.0f}%" if ratio else f">= {row['target']:+.0f}"
-            result = "PASS" if row["passed"] else "FAIL"
-        lines.append(f"| {row['label']} | {value} | {values} | {target} | {result} |")
-    lines += ["", "| scores (mean +- std) | mAP | CF1 | OF1 |", "|---|---:|---:|---:|"]
-    for row in absolute:
-        cells = " | ".join(f"{row[m]['mean']:.1f} +- {row[m]['std']:.1f}"
-                           for m in ("mAP", "CF1", "OF1"))
-        lines.append(f"| {row['label']} | {cells} |")
+    heads = " | ".join(h for _, h, _, _ in COLUMNS)
+    lines = [header, "", f"| world | role | teacher zero-shot mAP | final mAP | {heads} |",
+             "|---|---|---:|---:|" + "---:|" * len(COLUMNS)]
+    for role in ("tuning", "test"):
+        names = [n for n, r in results.items() if r["role"] == role]
+        for name in names:
+            stats = results[name]["summary"]
+            cells = " | ".join(cell(stats[k], t, s) for k, _, t, s in COLUMNS)
+            lines.append(f"| {name} | {role} | {stats['teacher_mAP']['mean']:.1f} "
+                         f"| {stats['final_mAP']['mean']:.1f} | {cells} |")
+        if len(names) > 1:
+            pooled = summary([f for n in names for f in results[n]["per_seed"]])
+            cells = " | ".join(cell(pooled[k], t, s) for k, _, t, s in COLUMNS)
+            lines.append(f"| **all {role} worlds** | {role} | {pooled['teacher_mAP']['mean']:.1f} "
+                         f"| {pooled['final_mAP']['mean']:.1f} | {cells} |")
     return "\n".join(lines)
-
-
-def run_config(seed: int, run: str, corpus: Path, out: Path, tag: str, sets: list[str]):
-    """The embedded default's config (as jobs/run_ccd.py builds it) on the seed's corpus,
-    with the --set values and the run's own override."""
-    return load_config(DEFAULT_CONFIG, [*sets, *RUNS[run], f"seed={seed}",
-                                        f"run_id={run_id(tag, run, seed)}",
-                                        f"data.output_uri={out}", f"data.corpus_uri={corpus}"],
-                       base=embedded_defaults(EMBEDDED_WORKDIR))
-
-
-def run_seed(seed: int, args: argparse.Namespace, out: Path) -> dict[str, dict]:
-    """Make the seed's corpus where missing, run (or resume) both runs; their metrics.json."""
-    corpus = out / f"corpus-{args.images}-seed{seed}"
-    if not corpus.is_dir():
-        make_corpus(corpus, images=args.images, seed=seed)
-    results = {}
-    for run in RUNS:
-        cfg = run_config(seed, run, corpus, out, args.tag, args.set)
-        checks = check_storage(cfg) + check_inputs(cfg)  # jobs/run_ccd.py's checks
-        with run_log(cfg, cfg.run_id, "quality", collapse_tracebacks=not args.debug):
-            for line in checks:
-                log(f"checked: {line}")
-            started = time.time()
-            store = run_ccd(cfg)  # resumes: committed stages are skipped
-            log(f"{cfg.run_id}: {time.time() - started:.0f} s")
-        results[run] = read_json(store.fs, f"{store.committed(FINAL_STAGE)}/metrics.json")
-    return results
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--images", type=int, default=CORPUS_IMAGES,
-                        help="scenes in each seed's corpus (default: the embedded default's)")
+    parser.add_argument("--worlds", nargs="+", choices=list(WORLDS), default=list(WORLDS))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key in both runs, e.g. "
-                        "labels.final_source=pseudo (repeatable; needs --tag)")
-    parser.add_argument("--tag", default="default", help="names the runs: quality-<tag>-...")
-    parser.add_argument("--out", default="outputs/quality", help="corpora and runs go here")
-    parser.add_argument("--json", help="the figures' JSON (default <out>/quality-<tag>.json)")
-    parser.add_argument("--debug", action="store_true",
-                        help="print the traceback of a stop besides its one line")
+                        help="override a config key in every run (repeatable; needs --tag)")
+    parser.add_argument("--tag", default="default", help="names the output files")
+    parser.add_argument("--out", default="outputs/quality")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch intra-op threads")
     args = parser.parse_args(argv)
     if args.set and args.tag == "default":
-        parser.error("--set changes the runs: give them a --tag so they do not read as the "
-                     "default's")
+        parser.error("--set changes the runs: give them a --tag")
     owned = [s for s in args.set if s.split("=", 1)[0].strip() in OWN_KEYS]
     if owned:
         parser.error(f"--set {owned[0]}: the benchmark sets {', '.join(OWN_KEYS)} itself")
@@ -227,41 +258,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def benchmark(args: argparse.Namespace) -> int:
-    out = Path(args.out).resolve()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    # what embedded_defaults points at, trained on first use (prepare_embedded's other part,
-    # the default corpus, is not used here)
-    pretrained_teacher(default_cache_dir(), TEACHER_SPEC)
     pretrained_backbone(default_cache_dir(), STUDENT_BACKBONE_SPEC)
-    init_ray()
     started = time.time()
-    results = {seed: run_seed(seed, args, out) for seed in args.seeds}
-    per_seed = {seed: seed_figures(r["ccd"], r["bound"], seed) for seed, r in results.items()}
-    rows, absolute = summary_rows(per_seed), absolute_rows(results)
-    command = shlex.join(["python", *sys.argv])
-    header = (f"Label quality on SynthScenes, {args.images} scenes a seed; `{command}`, "
-              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
-              f"{time.time() - started:.0f} s on {os.cpu_count()} CPUs.")
-    table = markdown(rows, absolute, sorted(per_seed), header)
+    results = {}
+    for name in args.worlds:
+        world = WORLDS[name]
+        per_seed = []
+        for seed in args.seeds:
+            t0 = time.time()
+            metrics = run_world_seed(world, seed, args.set,
+                                     out / f"scores-{args.tag}-{name}-s{seed}.npz")
+            per_seed.append(seed_figures(metrics["ccd"], metrics["bound"]))
+            print(f"[quality] {name} seed {seed}: {time.time() - t0:.0f} s "
+                  + ", ".join(f"{k} {v:.1f}" for k, v in per_seed[-1].items()), flush=True)
+        results[name] = {"role": world.role, "world": asdict(world), "seeds": args.seeds,
+                         "per_seed": per_seed, "summary": summary(per_seed)}
+    command = shlex.join(["python", *sys.argv]) if argv is None else "main(...)"
+    header = (f"`{command}`, {time.strftime('%Y-%m-%d', time.gmtime())}, "
+              f"{time.time() - started:.0f} s on {os.cpu_count()} CPUs; seeds "
+              f"{', '.join(map(str, args.seeds))}; --set {args.set or 'none'}.")
+    table = markdown(results, header)
     (out / f"quality-{args.tag}.md").write_text(table + "\n")
-    json_path = Path(args.json) if args.json else out / f"quality-{args.tag}.json"
-    json_path.write_text(json.dumps({
-        "command": command, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "images": args.images, "seeds": sorted(per_seed), "sets": args.set, "tag": args.tag,
-        "rows": rows, "absolute": absolute,
-        "per_seed": {str(s): {"figures": per_seed[s],
-                              "run_ids": {run: run_id(args.tag, run, s) for run in RUNS},
-                              "scores": {run: {key: results[s][run][key] for key in
-                                               (TEACHER_TRAIN, FINAL_LABELS, TEACHER_HOLDOUT,
-                                                CLASSIFIER_HOLDOUT)} for run in RUNS}}
-                     for s in sorted(per_seed)}}, indent=2) + "\n")
+    (out / f"quality-{args.tag}.json").write_text(json.dumps(
+        {"command": command, "sets": args.set, "results": results}, indent=2) + "\n")
     print(table)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_job(parse_args(argv), benchmark)
 
 
 if __name__ == "__main__":

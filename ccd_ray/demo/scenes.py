@@ -83,13 +83,17 @@ def draw_object(draw: ImageDraw.ImageDraw, style: tuple[str, tuple[int, int, int
     return tuple(int(round(v)) for v in bbox)  # type: ignore[return-value]
 
 
-def _background(rng: np.random.Generator, size: int) -> Image.Image:
+CLUTTER = (4, 10)  # grey strokes per background: at least 4, fewer than 10
+
+
+def _background(rng: np.random.Generator, size: int, clutter: tuple[int, int] = CLUTTER
+                ) -> Image.Image:
     base = rng.integers(60, 140, 3)
     noise = rng.normal(0, 18, (size // 8, size // 8, 3))
     small = np.clip(base + noise, 0, 255).astype(np.uint8)
     image = Image.fromarray(small).resize((size, size), Image.BILINEAR)
     draw = ImageDraw.Draw(image)
-    for _ in range(int(rng.integers(4, 10))):  # clutter: thin grey strokes, not any class
+    for _ in range(int(rng.integers(*clutter))):  # clutter: thin grey strokes, not any class
         x0, y0, x1, y1 = rng.uniform(0, size, 4)
         grey = int(rng.integers(70, 170))
         draw.line((x0, y0, x1, y1), fill=(grey, grey, grey), width=int(rng.integers(1, 3)))
@@ -99,10 +103,11 @@ def _background(rng: np.random.Generator, size: int) -> Image.Image:
 def make_scene(rng: np.random.Generator, size: int, class_names: list[str],
                num_objects: int, scale: tuple[float, float],
                class_probs: np.ndarray | None = None,
-               styles: dict[str, tuple[str, tuple[int, int, int]]] = CLASS_STYLES) -> Scene:
+               styles: dict[str, tuple[str, tuple[int, int, int]]] = CLASS_STYLES,
+               clutter: tuple[int, int] = CLUTTER) -> Scene:
     """One scene of num_objects objects (classes drawn with class_probs, repeats allowed);
     styles maps each class name to its (shape, colour)."""
-    image = _background(rng, size)
+    image = _background(rng, size, clutter)
     draw = ImageDraw.Draw(image)
     names, boxes = [], []
     picks = rng.choice(len(class_names), size=num_objects, p=class_probs)
@@ -116,10 +121,13 @@ def make_scene(rng: np.random.Generator, size: int, class_names: list[str],
 
 
 def make_scenes(count: int, seed: int, size: int = 96, max_objects: int = 3,
-                scale: tuple[float, float] = (0.25, 0.45), class_names: list[str] | None = None
+                scale: tuple[float, float] = (0.25, 0.45), class_names: list[str] | None = None,
+                class_probs: np.ndarray | None = None, clutter: tuple[int, int] = CLUTTER
                 ) -> list[Scene]:
-    """count scenes of 1..max_objects objects each, the same for the same arguments."""
+    """count scenes of 1..max_objects objects each, the same for the same arguments
+    (class_probs: each object's class distribution, uniform when None)."""
     names = class_names or CLASS_NAMES
     rng = np.random.default_rng(seed)
-    return [make_scene(rng, size, names, int(rng.integers(1, max_objects + 1)), scale)
+    return [make_scene(rng, size, names, int(rng.integers(1, max_objects + 1)), scale,
+                       class_probs, clutter=clutter)
             for _ in range(count)]

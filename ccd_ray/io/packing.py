@@ -8,6 +8,7 @@ import posixpath
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -55,12 +56,14 @@ def coco_records(annotations: Path, image_dir: Path) -> Iterator[Record]:
 
 
 def synthetic_records(count: int, seed: int, size: int, max_objects: int,
-                      scale: tuple[float, float] = (0.25, 0.45)) -> Iterator[Record]:
+                      scale: tuple[float, float] = (0.25, 0.45), **scene_options: Any
+                      ) -> Iterator[Record]:
+    """Synthetic scenes (demo.scenes.make_scenes; scene_options: its class_probs, clutter)."""
     from ccd_ray.demo.scenes import make_scenes
     from ccd_ray.io.decode import encode_png
 
     for i, scene in enumerate(make_scenes(count, seed, size=size, max_objects=max_objects,
-                                          scale=scale)):
+                                          scale=scale, **scene_options)):
         yield f"synth-{seed}-{i:06d}", encode_png(scene.image), scene.labels
 
 

@@ -5,6 +5,7 @@ split scored; the final classifier, metrics.json and the report."""
 from __future__ import annotations
 
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,10 +18,10 @@ from ccd_ray.io.corpus import corpus_truth
 from ccd_ray.io.storage import RunStore, read_json, write_bytes, write_json
 from ccd_ray.method import labels as label_ops
 from ccd_ray.method.export import STANDALONE_FILE, export_standalone
-from ccd_ray.method.metrics import score_rows
+from ccd_ray.method.metrics import score_rows, truth_matrix
 from ccd_ray.method.rows import align_rows, find_rows, id_array, labels_table, list_matrix
 from ccd_ray.method.schedule import is_holdout
-from ccd_ray.method.thresholds import class_thresholds
+from ccd_ray.method.thresholds import class_thresholds, count_thresholds
 from ccd_ray.stages import labeling
 from ccd_ray.stages.actors import InputsPredictor
 from ccd_ray.stages.datasets import actor_pool_args, by_reference
@@ -50,13 +51,21 @@ class ZeroShot:
         return cls(ids, raw)
 
 
-def thresholds_of(cfg: CCDConfig, ids: np.ndarray, scores: np.ndarray, zero_shot: ZeroShot
-                  ) -> np.ndarray:
+def thresholds_of(cfg: CCDConfig, ids: np.ndarray, scores: np.ndarray, zero_shot: ZeroShot,
+                  truth: dict[str, list[str]] | None = None) -> np.ndarray:
     """labels.threshold_rule's per-class thresholds of these rows' scores (ids: their images;
-    the count rule reads the same images' zero-shot scores)."""
+    the count rule reads the same images' zero-shot scores). A run trained on the ground truth
+    (train.targets=ground_truth, the supervised bound) under the count rule takes each
+    class's count from the truth of these images instead: the bound's thresholds then come
+    from the labels it learned, not from the teacher it never saw."""
+    lc = cfg.labels
+    if lc.threshold_rule == "count" and cfg.train.targets == "ground_truth" and truth:
+        known = [str(i) for i in ids if str(i) in truth]
+        counts = truth_matrix(truth, known, cfg.classes.names).sum(axis=0)
+        return count_thresholds(scores, counts)
     reference = (align_rows(ids, zero_shot.ids, zero_shot.scores)
-                 if cfg.labels.threshold_rule == "count" else None)
-    return class_thresholds(scores, cfg.labels.threshold_rule, cfg.labels.threshold, reference)
+                 if lc.threshold_rule == "count" else None)
+    return class_thresholds(scores, lc.threshold_rule, lc.threshold, reference)
 
 
 @dataclass
@@ -95,26 +104,27 @@ def training_probs(classifier: ClassifierScores) -> np.ndarray:
     return classifier.probs[~classifier.holdout]
 
 
-def classifier_thresholds(cfg: CCDConfig, classifier: ClassifierScores, zero_shot: ZeroShot
-                          ) -> np.ndarray:
+def classifier_thresholds(cfg: CCDConfig, classifier: ClassifierScores, zero_shot: ZeroShot,
+                          truth: dict[str, list[str]] | None = None) -> np.ndarray:
     """The classifier's per-class thresholds (labels.threshold_rule) from its probabilities
     over the training split only, so the held-out scores it is evaluated on do not set them."""
     return thresholds_of(cfg, classifier.ids[~classifier.holdout], training_probs(classifier),
-                         zero_shot)
+                         zero_shot, truth)
 
 
-def final_labels(cfg: CCDConfig, store: RunStore, classifier: ClassifierScores,
-                 zero_shot: ZeroShot) -> FinalLabels:
-    """Every image the last round labeled, scored by labels.final_source and thresholded by
-    labels.threshold_rule (from the final scores themselves)."""
-    ids, pseudo = labeling.read_labels(store, cfg.relabel.rounds)
+def final_labels(cfg: CCDConfig, ids: np.ndarray, pseudo: np.ndarray,
+                 classifier: ClassifierScores, zero_shot: ZeroShot,
+                 truth: dict[str, list[str]] | None = None) -> FinalLabels:
+    """Every image the last round labeled (ids, pseudo: its labels), scored by
+    labels.final_source and thresholded by labels.threshold_rule (from the final scores
+    themselves)."""
     rows, found = find_rows(ids, classifier.ids)
     if not found.all():
         raise RuntimeError(f"final labels: {int((~found).sum())} image(s) of the last round's "
                            f"labels have no training input to classify, e.g. {ids[~found][0]!r}")
     scores = label_ops.final_label_scores(cfg.labels.final_source, pseudo,
                                           classifier.probs[rows], cfg.labels.alpha)
-    return FinalLabels(ids, scores, thresholds_of(cfg, ids, scores, zero_shot))
+    return FinalLabels(ids, scores, thresholds_of(cfg, ids, scores, zero_shot, truth))
 
 
 def write_final_labels(cfg: CCDConfig, store: RunStore, folder: str, final: FinalLabels
@@ -137,24 +147,27 @@ def write_final_labels(cfg: CCDConfig, store: RunStore, folder: str, final: Fina
 
 def _scored(ids: np.ndarray, scores: np.ndarray, truth: dict[str, list[str]], cfg: CCDConfig,
             zero_shot: ZeroShot, thresholds: np.ndarray | None = None) -> dict[str, Any] | None:
-    """score_rows at thresholds (default: labels.threshold_rule over these scores' own rows)."""
+    """score_rows at thresholds (default: labels.threshold_rule over these scores' own rows;
+    the teacher's and the rounds' rows are never a ground-truth run's own labels)."""
     if thresholds is None:
         thresholds = thresholds_of(cfg, ids, scores, zero_shot)
     return score_rows(ids, scores, truth, cfg.classes.names, thresholds)
 
 
-def evaluate_run(cfg: CCDConfig, store: RunStore, truth: dict[str, list[str]],
-                 classifier: ClassifierScores, final: FinalLabels, zero_shot: ZeroShot
-                 ) -> dict[str, Any]:
-    """Every score matrix of the run against the truth, each thresholded by
-    labels.threshold_rule from its own scores (the classifier's from its training split)."""
+def evaluate_run(cfg: CCDConfig, round_labels: Callable[[int], tuple[np.ndarray, np.ndarray]],
+                 truth: dict[str, list[str]], classifier: ClassifierScores, final: FinalLabels,
+                 zero_shot: ZeroShot) -> dict[str, Any]:
+    """Every score matrix of the run against the truth (round_labels(R): round R's (ids,
+    labels), read one round at a time),
+    each thresholded by labels.threshold_rule from its own scores (the classifier's from its
+    training split). The job and benchmarks/quality.py both score runs here."""
     metrics: dict[str, Any] = {
         "ground_truth_images": len(truth), "rounds": [],
         "final_source": cfg.labels.final_source, "threshold_rule": cfg.labels.threshold_rule,
         "thresholds": {"final_labels": dict(zip(cfg.classes.names, final.thresholds.tolist())),
                        "classifier": dict(zip(cfg.classes.names,
-                                              classifier_thresholds(cfg, classifier,
-                                                                    zero_shot).tolist()))}}
+                                              classifier_thresholds(cfg, classifier, zero_shot,
+                                                                    truth).tolist()))}}
     if not truth:
         return metrics
     # labels are scored on the training split, the classifier on the held-out one
@@ -165,7 +178,7 @@ def evaluate_run(cfg: CCDConfig, store: RunStore, truth: dict[str, list[str]],
     metrics["teacher_before_debias"] = _scored(ids, raw, train_truth, cfg, zero_shot)
     metrics["teacher_holdout"] = _scored(ids, raw, holdout_truth, cfg, zero_shot)
     for round_index in range(cfg.relabel.rounds + 1):
-        ids, labels = labeling.read_labels(store, round_index)
+        ids, labels = round_labels(round_index)
         metrics["rounds"].append({"round": round_index,
                                   **(_scored(ids, labels, train_truth, cfg, zero_shot) or {})})
     metrics["final_labels"] = _scored(final.ids, final.scores, train_truth, cfg, zero_shot,
@@ -188,10 +201,12 @@ def finish_run(cfg: CCDConfig, store: RunStore, classifier_bytes: bytes, inputs_
     write_bytes(store.fs, f"{attempt}/{STANDALONE_FILE}", export_standalone(classifier_bytes))
     classifier = classifier_scores(cfg, store, classifier_bytes)
     zero_shot = ZeroShot.read(cfg, store)
-    final = final_labels(cfg, store, classifier, zero_shot)
-    write_final_labels(cfg, store, attempt, final)
     truth = corpus_truth(cfg)
-    metrics = evaluate_run(cfg, store, truth, classifier, final, zero_shot)
+    final = final_labels(cfg, *labeling.read_labels(store, cfg.relabel.rounds), classifier,
+                         zero_shot, truth)
+    write_final_labels(cfg, store, attempt, final)
+    metrics = evaluate_run(cfg, lambda r: labeling.read_labels(store, r), truth, classifier,
+                           final, zero_shot)
     write_json(store.fs, posixpath.join(attempt, "metrics.json"), metrics)
     write_report(cfg, store, attempt, metrics, classifier_bytes, inputs_path, truth)
     store.commit(FINAL_STAGE, attempt)
