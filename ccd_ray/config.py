@@ -116,9 +116,11 @@ class RelabelConfig:
                           help="true box of the largest region, or the authors' first/last pixel")
     box_offset: float = _knob(0.125, low=0.0, high=1.0,
                               help="box widening per side, as a fraction of the image's long side")
-    view_source: str = _knob("cam", choices=("cam", "random"),
-                             help="'cam': views around the CAM boxes; 'random': as many random "
-                             "crops (initial.crop_scale) instead, an ablation of the guidance")
+    view_source: str = _knob("random", choices=("cam", "random"),
+                             help="'random': as many random crops (initial.crop_scale) as the "
+                             "selected classes' boxes would get, the classifier choosing how "
+                             "many; 'cam': views around the CAM boxes (the paper's); "
+                             "docs/method.md says why random is the default")
     views_per_box: int = _knob(10, low=1, high=256, help="jittered views per box (authors: 1)")
     box_jitter: float = _knob(0.1, low=0.0, high=1.0,
                               help="max shift/scale of a view, as a fraction of the box side")

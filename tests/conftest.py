@@ -23,7 +23,9 @@ TINY_BASE = {
     "classes": {"names": list(TEST_CLASSES)},
     "teacher": {"model": "ccd-tiny-vit", "pretrained": None, "batch_size": 32},
     "initial": {"random_crops": 2},
-    "relabel": {"rounds": 1, "views_per_box": 2, "cam_resolution": 16},
+    # CAM views, not the default random crops: the tests' Ray-vs-in-process parity then covers
+    # the CAM boxing too (the embedded default's job tests run the default)
+    "relabel": {"rounds": 1, "views_per_box": 2, "cam_resolution": 16, "view_source": "cam"},
     "train": {"backbone": "resnet18", "image_size": 32, "epochs": 2, "warmup_epochs": 1,
               "batch_size": 4},
 }
