@@ -44,12 +44,16 @@ Results: a markdown table on stdout, everything as JSON in --out (written after 
 so a run cut short still leaves what it measured). Each phase runs on if an earlier one
 failed; the exit status is 1 if any failed.
 
-Ray missing (the GPU machine has Python 3.12 and torch but no Ray): the script installs the
-wheels of `.whl/` (built here by `bash ../shared/tools/gpu-bundle.sh`, carried along) with
+Ray missing (a GPU machine without network, with Python and torch but no Ray): pass
+`--wheels DIR`, a folder of the wheels of Ray and its dependencies for that machine's Python
+(made on a machine with network, e.g. `pip download --only-binary=:all: --python-version 3.12
+-d DIR "ray[data,train,tune]==2.60.0" ...`). The script installs them offline with
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-      --target .whl/site .whl/*.whl
-(inside the carried, git-ignored .whl/) and puts .whl/site, the repository and benchmarks/ on
-sys.path and PYTHONPATH (the Ray workers need them).
+      --target DIR/site DIR/*.whl
+and puts DIR/site on the import path and, with the repository and benchmarks/, on PYTHONPATH
+(the Ray workers need them). ccd_ray itself is imported from the environment:
+`benchmarks/gpu_ray_check.sh` puts the repository on PYTHONPATH for a machine where the
+package is not installed.
 
 --device cpu is a smoke test of all of the above for a CPU-only machine (CI): the tiny
 teacher (ccd-tiny-vit) everywhere, a 16-image embedded corpus with a random-weight teacher
@@ -61,8 +65,8 @@ Ray: ray.init(address="local", num_cpus=max(4, 2 x cores), num_gpus=<visible CUD
 RAY_DATA_DISABLE_PROGRESS_BARS=1 set first.
 
 Usage:
-  python3 benchmarks/gpu_ray_check.py --out results.json          # on the GPU machine
-  bash benchmarks/gpu_ray_check.sh                                # same, output kept in $OUT
+  bash benchmarks/gpu_ray_check.sh [--wheels DIR]                 # on the GPU machine
+  PYTHONPATH=. python3 benchmarks/gpu_ray_check.py --out results.json   # the same, bare
   python benchmarks/gpu_ray_check.py --device cpu --out smoke.json  # CPU smoke, ~3 min on 2 cores
 """
 
@@ -90,11 +94,6 @@ from typing import Any
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-for _path in (str(REPO), str(BENCH)):  # ccd_ray (not installed on the GPU machine), gpu_check
-    if _path not in sys.path:
-        sys.path.insert(0, _path)
-
-SITE = str(REPO / ".whl" / "site")  # where .whl/ is installed when Ray is missing (ignored)
 FINAL_STAGE = "final"
 MARKER = "_COMMITTED.json"
 PEAK_TFLOPS = 790.0  # dense bf16 matrix product, as measured on an H200
@@ -119,6 +118,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                    help="cuda: the GPU check; cpu: a small smoke test of the script (CI)")
     p.add_argument("--out", default=None, help="write the results here as JSON")
+    p.add_argument("--wheels", type=Path, default=None,
+                   help="a folder of the wheels of Ray and its dependencies, installed offline "
+                        "into <folder>/site when Ray is not importable")
     p.add_argument("--workdir", default=None,
                    help="corpora and run stores (default: a temp dir, removed at the end)")
     p.add_argument("--peak-tflops", type=float, default=PEAK_TFLOPS,
@@ -176,28 +178,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-# ---- Ray from .whl/ when it is missing ------------------------------------------------------
+# ---- Ray from --wheels when it is missing ---------------------------------------------------
 
-def install_command(wheels: list[str], site: str = SITE) -> list[str]:
-    """The offline install line of the wheels gpu-bundle.sh builds."""
+def install_command(wheels: list[str], site: str) -> list[str]:
+    """The offline install line of a folder of wheels."""
     return [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
             "--no-compile", "--no-cache-dir", "--upgrade", "--target", site, *wheels]
 
 
-def ensure_ray(wheel_dir: Path = REPO / ".whl", site: str = SITE) -> str:
-    """Import Ray; if it is missing, install .whl/ into site first. Either way the repository
-    and benchmarks/ (and site) go on sys.path and PYTHONPATH, which Ray's workers inherit.
-    Returns how."""
+def ensure_ray(wheel_dir: Path | None, site: str | None = None) -> str:
+    """Import Ray; if it is missing, install the wheels of wheel_dir (--wheels) into site
+    (default wheel_dir/site) first and import it from there. Either way the repository and
+    benchmarks/ (and site) go on PYTHONPATH, which Ray's workers inherit. Returns how."""
     extra = [str(REPO), str(BENCH)]
     try:
         importlib.import_module("ray")
         how = "ray was importable"
     except ImportError:
-        wheels = sorted(str(w) for w in wheel_dir.glob("*.whl"))
+        wheels = sorted(str(w) for w in wheel_dir.glob("*.whl")) if wheel_dir else []
         if not wheels:
-            raise SystemExit(f"ray is not importable and {wheel_dir} holds no wheels: build them "
-                             "with `bash ../shared/tools/gpu-bundle.sh` in the project root and "
-                             "carry .whl along") from None
+            raise SystemExit(f"ray is not importable and --wheels {wheel_dir} holds no wheels: "
+                             "pass --wheels DIR, a folder of the wheels of Ray and its "
+                             "dependencies for this Python (pip download them on a machine "
+                             "with network)") from None
+        site = site or str(wheel_dir / "site")
         command = install_command(wheels, site)
         print("ray missing: " + " ".join(command[:12]) + f" {wheel_dir.name}/*.whl", flush=True)
         started = time.perf_counter()
@@ -206,7 +210,7 @@ def ensure_ray(wheel_dir: Path = REPO / ".whl", site: str = SITE) -> str:
         importlib.invalidate_caches()
         importlib.import_module("ray")
         extra.insert(0, site)
-        how = f"installed {len(wheels)} wheels from .whl/ into {site} in " \
+        how = f"installed {len(wheels)} wheels from {wheel_dir} into {site} in " \
               f"{time.perf_counter() - started:.0f} s"
     current = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     os.environ["PYTHONPATH"] = os.pathsep.join(extra + [p for p in current if p not in extra])
@@ -845,7 +849,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"  # read when ray.data is imported
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    install = ensure_ray()
+    install = ensure_ray(args.wheels)
 
     import ray
     import torch

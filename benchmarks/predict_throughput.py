@@ -32,13 +32,10 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,7 +67,6 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ["RAY_AUTH_MODE"] = "disabled"
     os.environ["RAY_DATA_DISABLE_PROGRESS_BARS"] = "1"  # read when ray.data is imported
     warnings.filterwarnings("ignore")
-    sys.path.insert(0, str(ROOT))
     import io
 
     import pyarrow as pa

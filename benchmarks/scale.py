@@ -589,7 +589,6 @@ def report(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    sys.path.insert(0, str(REPO))
 
     from ccd_ray.demo import embedded
     from ccd_ray.demo.pretrain_teacher import pretrained_teacher

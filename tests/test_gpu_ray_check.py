@@ -1,5 +1,5 @@
 """benchmarks/gpu_ray_check.py: its helpers (stage timings read from a run store, Train step
-rates from checkpoint names, the FLOP share, GPU sample windows, installing Ray from .whl/),
+rates from checkpoint names, the FLOP share, GPU sample windows, installing Ray from --wheels),
 and its --device cpu smoke run end to end in a subprocess (it starts a Ray of its own)."""
 
 from __future__ import annotations
@@ -136,8 +136,10 @@ def test_missing_ray_is_installed_from_the_wheel_folder(check, tmp_path, monkeyp
     monkeypatch.setattr(check.subprocess, "run", lambda cmd, check: calls.append(cmd))
     monkeypatch.setattr(sys, "path", list(sys.path))
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
-    with pytest.raises(SystemExit, match="gpu-bundle.sh"):  # no wheels: says how to make them
+    with pytest.raises(SystemExit, match="pass --wheels DIR"):  # no wheels: says what to pass
         check.ensure_ray(tmp_path / "none", str(tmp_path / "site"))
+    with pytest.raises(SystemExit, match="pass --wheels DIR"):
+        check.ensure_ray(None)
     wheels = tmp_path / ".whl"
     wheels.mkdir()
     (wheels / "ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl").write_bytes(b"")

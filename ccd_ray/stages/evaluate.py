@@ -158,9 +158,9 @@ def evaluate_run(cfg: CCDConfig, round_labels: Callable[[int], tuple[np.ndarray,
                  truth: dict[str, list[str]], classifier: ClassifierScores, final: FinalLabels,
                  zero_shot: ZeroShot) -> dict[str, Any]:
     """Every score matrix of the run against the truth (round_labels(R): round R's (ids,
-    labels), read one round at a time),
-    each thresholded by labels.threshold_rule from its own scores (the classifier's from its
-    training split). The job and benchmarks/quality.py both score runs here."""
+    labels), read one round at a time), each thresholded by labels.threshold_rule from its own
+    scores (the classifier's from its training split). The job and benchmarks/quality.py both
+    score runs here."""
     metrics: dict[str, Any] = {
         "ground_truth_images": len(truth), "rounds": [],
         "final_source": cfg.labels.final_source, "threshold_rule": cfg.labels.threshold_rule,
